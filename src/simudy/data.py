@@ -1,0 +1,339 @@
+"""fetch-data: turn a source into the canonical dataset file, and pick victim subsets.
+
+Canonical dataset file (`<split>.npz`, read with `allow_pickle=False`), schema version 1:
+
+    images      uint8   [N, H, W, C]   pixels as decoded from the source
+    labels      int64   [N]            class index into `class_names`
+    class_names str     [K]
+    source_ids  str     [N]            where each image comes from in its source (see below)
+    mean, std   float32 [C]            normalisation constants: x_norm = (x / 255 - mean) / std
+    meta        str                    JSON: {"schema": 1, "dataset", "split", "source", ...}
+
+Dataset order is the order of the rows. For `cifar10` it is the official order and
+`source_ids` is the index within the split; for `digits` it is scikit-learn's order and the
+id is the index in `load_digits()`; for `imagefolder` the official interleaving of classes is
+not known, so rows are ordered by (rank of the file within its class, class), which keeps every
+prefix balanced, and the id is the file's path inside the folder or zip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import tarfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import NamedTuple
+
+import numpy as np
+
+from simudy.config import DatasetConfig
+from simudy.errors import SimudyError
+from simudy.io import atomic_path
+
+SCHEMA_VERSION = 1
+SPLITS = ("train", "test")
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    source_ids: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    meta: dict
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W), the layout the models take."""
+        _, h, w, c = self.images.shape
+        return (c, h, w)
+
+    def normalised(self, indices: np.ndarray | None = None):
+        """Images as float32 tensors [N, C, H, W] in normalised space."""
+        import torch
+
+        imgs = self.images if indices is None else self.images[indices]
+        x = torch.from_numpy(imgs.astype(np.float32) / 255.0).permute(0, 3, 1, 2)
+        mean = torch.from_numpy(self.mean).view(1, -1, 1, 1)
+        std = torch.from_numpy(self.std).view(1, -1, 1, 1)
+        return ((x - mean) / std).contiguous()
+
+
+class RawSplit(NamedTuple):
+    """One split as a source reader returns it, before normalisation constants are known."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    source_ids: np.ndarray
+    provenance: dict
+
+
+# -- writing and reading the canonical file ---------------------------------------------------
+
+
+def save_dataset(path: str | Path, ds: Dataset) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(
+                fh,
+                images=ds.images,
+                labels=ds.labels,
+                class_names=np.array(ds.class_names),
+                source_ids=ds.source_ids.astype(str),
+                mean=ds.mean.astype(np.float32),
+                std=ds.std.astype(np.float32),
+                meta=np.array(json.dumps(ds.meta, sort_keys=True)),
+            )
+
+
+def load_dataset(path: str | Path) -> Dataset:
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise SimudyError(f"{path}: dataset file not found (run `simudy fetch-data`)") from None
+    except (ValueError, OSError, zipfile.BadZipFile) as err:
+        raise SimudyError(f"{path}: not a simudy dataset file ({err})") from None
+    needed = {"images", "labels", "class_names", "source_ids", "mean", "std", "meta"}
+    if not needed <= arrays.keys():
+        raise SimudyError(f"{path}: dataset file lacks {sorted(needed - arrays.keys())}")
+    images, labels = arrays["images"], arrays["labels"]
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise SimudyError(f"{path}: images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
+    if labels.shape != (len(images),):
+        raise SimudyError(f"{path}: {len(labels)} labels for {len(images)} images")
+    meta = json.loads(str(arrays["meta"]))
+    if meta.get("schema") != SCHEMA_VERSION:
+        raise SimudyError(f"{path}: dataset schema {meta.get('schema')}, expected {SCHEMA_VERSION}")
+    return Dataset(
+        images=images,
+        labels=labels.astype(np.int64),
+        class_names=[str(c) for c in arrays["class_names"]],
+        source_ids=arrays["source_ids"],
+        mean=arrays["mean"].astype(np.float32),
+        std=arrays["std"].astype(np.float32),
+        meta=meta,
+    )
+
+
+# -- victim subsets ---------------------------------------------------------------------------
+
+
+def select_subset(labels: np.ndarray, per_class: int, offset: int, num_classes: int) -> np.ndarray:
+    """The paper's choice: images offset..offset+per_class-1 of each class, in dataset order."""
+    if per_class < 1:
+        raise SimudyError(f"empty victim subset: per_class is {per_class}, must be at least 1")
+    chosen = []
+    for c in range(num_classes):
+        rows = np.flatnonzero(labels == c)
+        if len(rows) < offset + per_class:
+            raise SimudyError(
+                f"class {c} has {len(rows)} images, fewer than offset {offset} + per_class {per_class}"
+            )
+        chosen.append(rows[offset : offset + per_class])
+    return np.sort(np.concatenate(chosen))
+
+
+# -- sources ----------------------------------------------------------------------------------
+
+
+def fetch(name: str, cfg: DatasetConfig, out_dir: str | Path) -> dict[str, Path]:
+    """Write `<out_dir>/train.npz` and `<out_dir>/test.npz` for the dataset `name`.
+
+    A local copy given in the environment variable SIMUDY_DATA_<NAME> (a directory, a .zip in
+    image-folder layout, or the official tarball) takes the place of the download.
+    """
+    local = os.environ.get(f"SIMUDY_DATA_{name.upper()}")
+    splits = _read_source(name, cfg, local)
+    splits = {s: _keep_classes(ds, cfg.classes) for s, ds in splits.items()}
+    mean, std = _norm_constants(cfg, splits["train"].images)
+    out = {}
+    for split, raw in splits.items():
+        meta = {"schema": SCHEMA_VERSION, "dataset": name, "split": split, **raw.provenance}
+        ds = Dataset(raw.images, raw.labels, raw.class_names, raw.source_ids, mean, std, meta)
+        out[split] = Path(out_dir) / f"{split}.npz"
+        save_dataset(out[split], ds)
+    return out
+
+
+def _read_source(name: str, cfg: DatasetConfig, local: str | None):
+    if cfg.source == "digits":
+        return _read_digits()
+    if cfg.source == "imagefolder" or (local and not local.endswith((".tar.gz", ".tgz"))):
+        path = local or cfg.path
+        if not path:
+            raise SimudyError(f"dataset {name!r}: imagefolder source needs a path (or SIMUDY_DATA_{name.upper()})")
+        return {s: _read_imagefolder(Path(path), s) for s in SPLITS}
+    tarball = Path(local) if local else _download(cfg.url or CIFAR10_URL, name)
+    return _read_cifar10_tarball(tarball, cfg.md5 or CIFAR10_MD5)
+
+
+def _keep_classes(raw: RawSplit, classes: list[int] | None) -> RawSplit:
+    if classes is None:
+        return raw
+    remap = {old: new for new, old in enumerate(classes)}
+    keep = np.isin(raw.labels, classes)
+    labels = np.array([remap[int(v)] for v in raw.labels[keep]], dtype=np.int64)
+    names = [raw.class_names[c] for c in classes]
+    return RawSplit(raw.images[keep], labels, names, raw.source_ids[keep], raw.provenance)
+
+
+def _norm_constants(cfg: DatasetConfig, train_images: np.ndarray):
+    if cfg.mean is not None and cfg.std is not None:
+        return np.array(cfg.mean, np.float32), np.array(cfg.std, np.float32)
+    x = train_images.astype(np.float64) / 255.0
+    return x.mean(axis=(0, 1, 2)).astype(np.float32), x.std(axis=(0, 1, 2)).astype(np.float32)
+
+
+def _read_digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = d.target.astype(np.int64)
+    ids = np.arange(len(labels))
+    # scikit-learn ships no split: the last 297 images (1500 onwards) form the test split.
+    cut = 1500
+    names = [str(c) for c in d.target_names]
+    extra = {"source": "digits", "origin": "sklearn.datasets.load_digits"}
+    return {
+        "train": RawSplit(images[:cut], labels[:cut], names, ids[:cut].astype(str), extra),
+        "test": RawSplit(images[cut:], labels[cut:], names, ids[cut:].astype(str), extra),
+    }
+
+
+def _download(url: str, name: str) -> Path:
+    cache = Path(os.environ.get("SIMUDY_CACHE", Path.home() / ".cache" / "simudy"))
+    target = cache / PurePosixPath(url).name
+    if target.exists():
+        return target
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp, atomic_path(target) as tmp:
+            tmp.write_bytes(resp.read())
+    except OSError as err:
+        raise SimudyError(
+            f"dataset {name!r}: could not download {url} ({err}); "
+            f"set SIMUDY_DATA_{name.upper()} to a local copy"
+        ) from None
+    return target
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """The official CIFAR-10 batches are pickles of dicts of lists and numpy arrays; refuse
+    anything else so that a tampered file cannot run code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _read_cifar10_tarball(path: Path, md5: str):
+    if not path.exists():
+        raise SimudyError(f"{path}: file not found")
+    if _md5(path) != md5:
+        raise SimudyError(f"{path}: md5 checksum mismatch (expected {md5}); the download is corrupt")
+    batches = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+    out = {}
+    with tarfile.open(path, "r:gz") as tar:
+        members = {PurePosixPath(m.name).name: m for m in tar.getmembers()}
+        names_raw = _ArrayOnlyUnpickler(tar.extractfile(members["batches.meta"]), encoding="bytes").load()
+        names = [n.decode() for n in names_raw[b"label_names"]]
+        for split, files in batches.items():
+            xs, ys = [], []
+            for f in files:
+                d = _ArrayOnlyUnpickler(tar.extractfile(members[f]), encoding="bytes").load()
+                xs.append(np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+                ys.append(np.asarray(d[b"labels"], np.int64))
+            images, labels = np.concatenate(xs), np.concatenate(ys)
+            extra = {"source": "cifar10", "origin": str(path), "md5": md5}
+            out[split] = RawSplit(images, labels, names, np.arange(len(labels)).astype(str), extra)
+    return out
+
+
+def _read_imagefolder(path: Path, split: str):
+    """Read `<root>/<split>/<class>/<file>` from a directory or a zip (root may be nested)."""
+    if not path.exists():
+        raise SimudyError(f"{path}: image folder not found")
+    images_by_split: dict[str, dict[str, list[str]]] = {s: {} for s in SPLITS}
+    for rel in _list_folder(path):
+        parts = PurePosixPath(rel).parts
+        if len(parts) >= 3 and parts[-3] in SPLITS and PurePosixPath(rel).suffix.lower() in IMAGE_SUFFIXES:
+            images_by_split[parts[-3]].setdefault(parts[-2], []).append(rel)
+    by_class = images_by_split[split]
+    if not by_class:
+        raise SimudyError(f"{path}: no images under {split}/<class>/ (expected <root>/{{train,test}}/<class>/<files>)")
+    all_classes = set().union(*images_by_split.values())
+    missing = sorted(all_classes - set(by_class))
+    if missing:
+        raise SimudyError(f"{path}: split {split!r} has no images for class(es) {missing}")
+    classes = sorted(by_class)
+    rows = []  # (rank within class, class index, path)
+    for ci, c in enumerate(classes):
+        rows += [(rank, ci, rel) for rank, rel in enumerate(sorted(by_class[c]))]
+    rows.sort()
+    images = _decode_all(path, [r[2] for r in rows])
+    labels = np.array([r[1] for r in rows], np.int64)
+    extra = {"source": "imagefolder", "origin": str(path)}
+    return RawSplit(images, labels, classes, np.array([r[2] for r in rows]), extra)
+
+
+def _list_folder(path: Path) -> list[str]:
+    if path.is_dir():
+        return [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return [n for n in zf.namelist() if not n.endswith("/")]
+    except zipfile.BadZipFile:
+        raise SimudyError(f"{path}: neither a directory nor a readable .zip") from None
+
+
+def _decode_all(path: Path, rels: list[str]) -> np.ndarray:
+    from PIL import Image
+
+    def decode(data: bytes, rel: str) -> np.ndarray:
+        try:
+            return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        except OSError as err:
+            raise SimudyError(f"{path}: cannot decode image {rel} ({err})") from None
+
+    if path.is_dir():
+        arrays = [decode((path / rel).read_bytes(), rel) for rel in rels]
+    else:
+        with zipfile.ZipFile(path) as zf:
+            arrays = [decode(zf.read(rel), rel) for rel in rels]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise SimudyError(f"{path}: images differ in size {sorted(shapes)[:3]}; resize them first")
+    return np.stack(arrays)

@@ -1,0 +1,149 @@
+"""Model registry. Architectures are looked up by name; none depends on torchvision.
+
+The CIFAR ResNets follow the layout of the widely used pytorch-cifar code (`conv1`, `bn1`,
+`layer1.0.conv1`, `layer1.0.shortcut.0`, `linear`), so its checkpoints load directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from simudy.errors import SimudyError
+
+Builder = Callable[..., nn.Module]
+_REGISTRY: dict[str, Builder] = {}
+
+
+def register(name: str) -> Callable[[Builder], Builder]:
+    def wrap(fn: Builder) -> Builder:
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_model(arch: str, image_shape: tuple[int, int, int], num_classes: int, **kwargs) -> nn.Module:
+    """Build `arch` for inputs [C, H, W] and `num_classes` outputs; unset kwargs take defaults."""
+    if arch not in _REGISTRY:
+        raise SimudyError(f"unknown architecture {arch!r}; known: {available()}")
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    return _REGISTRY[arch](image_shape=tuple(image_shape), num_classes=num_classes, **kwargs)
+
+
+# -- MLP --------------------------------------------------------------------------------------
+
+
+class MLP(nn.Module):
+    """d-w-...-w-C fully connected ReLU network on flattened images."""
+
+    def __init__(self, in_features: int, hidden: list[int], num_classes: int):
+        super().__init__()
+        widths = [in_features, *hidden]
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.out = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        for layer in self.hidden:
+            x = F.relu(layer(x))
+        return self.out(x)
+
+
+@register("mlp")
+def mlp(image_shape, num_classes, hidden=(1000, 1000)) -> nn.Module:
+    c, h, w = image_shape
+    return MLP(c * h * w, list(hidden), num_classes)
+
+
+# -- CIFAR ResNets ----------------------------------------------------------------------------
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = _shortcut(in_planes, planes * self.expansion, stride)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.shortcut = _shortcut(in_planes, planes * self.expansion, stride)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + self.shortcut(x))
+
+
+def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module:
+    if stride == 1 and in_planes == out_planes:
+        return nn.Sequential()
+    return nn.Sequential(
+        nn.Conv2d(in_planes, out_planes, 1, stride, bias=False), nn.BatchNorm2d(out_planes)
+    )
+
+
+class ResNet(nn.Module):
+    """CIFAR ResNet: 3x3 stride-1 stem, no max-pool, four stages of widths w, 2w, 4w, 8w."""
+
+    def __init__(self, block, num_blocks: list[int], in_channels: int, num_classes: int, width: int):
+        super().__init__()
+        self.in_planes = width
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.layer1 = self._stage(block, width, num_blocks[0], 1)
+        self.layer2 = self._stage(block, 2 * width, num_blocks[1], 2)
+        self.layer3 = self._stage(block, 4 * width, num_blocks[2], 2)
+        self.layer4 = self._stage(block, 8 * width, num_blocks[3], 2)
+        self.linear = nn.Linear(8 * width * block.expansion, num_classes)
+
+    def _stage(self, block, planes: int, n: int, stride: int) -> nn.Sequential:
+        layers = []
+        for s in [stride] + [1] * (n - 1):
+            layers.append(block(self.in_planes, planes, s))
+            self.in_planes = planes * block.expansion
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out)
+
+
+@register("resnet18")
+def resnet18(image_shape, num_classes, width=64) -> nn.Module:
+    return ResNet(BasicBlock, [2, 2, 2, 2], image_shape[0], num_classes, width)
+
+
+@register("resnet50")
+def resnet50(image_shape, num_classes, width=64) -> nn.Module:
+    return ResNet(Bottleneck, [3, 4, 6, 3], image_shape[0], num_classes, width)

@@ -1,0 +1,100 @@
+"""Pair reconstructions with training images by SSIM, and score them.
+
+Two protocols, both reported and labelled:
+
+* `paper`: the authors' (Loo et al.'s) evaluation, so our numbers compare with the paper's:
+  SSIM from scikit-image on the normalised, unclipped tensors, channels last, with
+  `data_range` = the training image's max − min; greedy one-to-one matching (repeatedly take
+  the best remaining pair); the mean over training images.
+* `pixel`: images de-normalised and clipped to [0, 1]; SSIM with data_range 1 and PSNR in dB.
+
+Optimal (Hungarian) matching on the paper SSIM is reported beside the greedy one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import linear_sum_assignment
+from skimage.metrics import structural_similarity
+
+from simudy.errors import SimudyError
+
+
+def channels_last(x) -> np.ndarray:
+    """[N, C, H, W] tensor or array -> float64 [N, H, W, C] array."""
+    arr = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    return np.ascontiguousarray(arr.transpose(0, 2, 3, 1), dtype=np.float64)
+
+
+def to_pixels(x_norm: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Channels-last normalised images -> [0, 1] pixels."""
+    return np.clip(x_norm * std + mean, 0.0, 1.0)
+
+
+def ssim_matrix(train: np.ndarray, recon: np.ndarray, data_range: np.ndarray) -> np.ndarray:
+    """S[i, j] = SSIM(train[i], recon[j]) with train image i's data range."""
+    s = np.empty((len(train), len(recon)))
+    for i, t in enumerate(train):
+        for j, r in enumerate(recon):
+            s[i, j] = structural_similarity(t, r, data_range=data_range[i], channel_axis=-1)
+    return s
+
+
+def greedy_match(score: np.ndarray) -> list[tuple[int, int]]:
+    """Repeatedly take the best remaining (train, reconstruction) pair."""
+    score = score.astype(float).copy()
+    pairs = []
+    for _ in range(min(score.shape)):
+        i, j = np.unravel_index(np.argmax(score), score.shape)
+        pairs.append((int(i), int(j)))
+        score[i, :] = -np.inf
+        score[:, j] = -np.inf
+    return sorted(pairs)
+
+
+def hungarian_match(score: np.ndarray) -> list[tuple[int, int]]:
+    rows, cols = linear_sum_assignment(score, maximize=True)
+    return sorted(zip(rows.tolist(), cols.tolist()))
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
+    mse = float(np.mean((a - b) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
+
+
+def evaluate(train_norm, recon_norm, mean, std) -> tuple[dict, pd.DataFrame]:
+    """Score reconstructions against the training images (both [N, C, H, W], normalised)."""
+    train, recon = channels_last(train_norm), channels_last(recon_norm)
+    if not np.isfinite(recon).all():
+        raise SimudyError("reconstructions contain NaN or infinite values")
+    if train.shape[1:] != recon.shape[1:]:
+        raise SimudyError(f"image shapes differ: training {train.shape[1:]} vs reconstructions {recon.shape[1:]}")
+    mean, std = np.asarray(mean, float), np.asarray(std, float)
+    s_paper = ssim_matrix(train, recon, train.max(axis=(1, 2, 3)) - train.min(axis=(1, 2, 3)))
+    train_px, recon_px = to_pixels(train, mean, std), to_pixels(recon, mean, std)
+    s_pixel = ssim_matrix(train_px, recon_px, np.ones(len(train)))
+
+    greedy = greedy_match(s_paper)
+    rows = [{
+        "train": i,
+        "recon": j,
+        "ssim": s_paper[i, j],
+        "ssim_pixel": s_pixel[i, j],
+        "psnr_pixel": psnr(train_px[i], recon_px[j]),
+        "psnr_norm": psnr(train[i], recon[j]),  # the authors' MSE-based PSNR, max 1, normalised space
+    } for i, j in greedy]
+    pairs = pd.DataFrame(rows).sort_values("ssim", ascending=False, ignore_index=True)
+    hung = hungarian_match(s_paper)
+    pixel_greedy = greedy_match(s_pixel)
+    metrics = {
+        "ssim": float(pairs["ssim"].sum() / len(train)),
+        "ssim_hungarian": float(sum(s_paper[i, j] for i, j in hung) / len(train)),
+        "ssim_pixel": float(sum(s_pixel[i, j] for i, j in pixel_greedy) / len(train)),
+        "psnr_pixel": float(pairs["psnr_pixel"].mean()),
+        "psnr_norm": float(pairs["psnr_norm"].mean()),
+        "frac_ssim_ge_0.4": float((pairs["ssim"] >= 0.4).sum() / len(train)),
+        "n_train": len(train),
+        "n_recon": len(recon),
+    }
+    return metrics, pairs

@@ -1,0 +1,73 @@
+"""Figures and tables: the paper's Fig. 1 layout, the loss curve, and results table rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from simudy.io import atomic_path  # noqa: E402
+
+ROW_COLUMNS = ["experiment", "profile", "attack", "model", "n_images", "steps", "ssim", "paper_ssim",
+               "paper_ref", "ssim_hungarian", "ssim_pixel", "psnr_pixel", "seconds", "seconds_per_step"]
+
+
+def reconstruction_figure(path, recon_px: np.ndarray, train_px: np.ndarray, pairs: pd.DataFrame,
+                          title: str, show: int, columns: int) -> None:
+    """Reconstructions (rows 1, 3, ...) above their matched training images (rows 2, 4, ...),
+    best SSIM first, as in the paper's Fig. 1. Images are channels-last [0, 1] pixels."""
+    top = pairs.sort_values("ssim", ascending=False).head(show)
+    blocks = -(-len(top) // columns)
+    fig, axes = plt.subplots(2 * blocks, columns, figsize=(1.1 * columns, 2.3 * blocks + 0.6), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for k, row in enumerate(top.itertuples()):
+        b, c = divmod(k, columns)
+        _show(axes[2 * b, c], recon_px[row.recon])
+        axes[2 * b, c].set_title(f"{row.ssim:.2f}", fontsize=7, pad=2)
+        _show(axes[2 * b + 1, c], train_px[row.train])
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.97), h_pad=0.3, w_pad=0.2)
+    _save(fig, path)
+
+
+def _show(ax, img: np.ndarray) -> None:
+    if img.shape[-1] == 1:
+        ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    else:
+        ax.imshow(img, interpolation="nearest")
+
+
+def loss_figure(path, loss: pd.DataFrame, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(loss["step"], loss["loss"], lw=0.8, label="loss")
+    ax.plot(loss["step"], loss["distance"], lw=0.8, alpha=0.7, label="parameter-change distance")
+    ax.set_yscale("log")
+    ax.set_xlabel("outer step")
+    ax.set_ylabel("reconstruction loss")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig, path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=150, format=Path(path).suffix.lstrip("."))
+    plt.close(fig)
+
+
+def write_table(rows: list[pd.DataFrame], path) -> pd.DataFrame:
+    """Collect table rows into one markdown table. The profile column says which scale produced
+    each number: a `cpu` row is never a reproduction of the paper's value."""
+    table = pd.concat(rows, ignore_index=True)[ROW_COLUMNS].sort_values(["experiment", "profile", "attack"])
+    text = "# Results\n\n" + table.to_markdown(index=False, floatfmt=".4f") + "\n"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return table

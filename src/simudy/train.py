@@ -1,0 +1,74 @@
+"""Real training: pre-training θ0, and fine-tuning the victim exactly as the authors do."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from simudy.config import InitConfig, VictimConfig
+
+log = logging.getLogger(__name__)
+
+
+def pretrain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: InitConfig) -> float:
+    """Ordinary training in train mode (BatchNorm statistics are learnt here); returns the
+    final training accuracy. Seeded: the same config gives the same θ0."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    steps_per_epoch = -(-len(x) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
+    model.train()
+    acc = 0.0
+    for epoch in range(cfg.epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        correct = 0
+        for start in range(0, len(x), cfg.batch_size):
+            idx = perm[start : start + cfg.batch_size]
+            xb = _augment(x[idx], gen) if cfg.augment else x[idx]
+            out = model(xb)
+            loss = F.cross_entropy(out, y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            correct += int((out.argmax(1) == y[idx]).sum())
+        acc = correct / len(x)
+        log.info("pretrain epoch %d/%d loss %.4f train acc %.3f", epoch + 1, cfg.epochs, float(loss), acc)
+    model.eval()
+    return acc
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random crop from a zero-padded image and horizontal flip (the usual CIFAR recipe)."""
+    n, _, h, w = x.shape
+    pad = max(1, h // 8)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    crops = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+    flip = torch.rand(n, generator=gen) < 0.5
+    crops[flip] = crops[flip].flip(-1)
+    return crops
+
+
+def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: VictimConfig) -> list[float]:
+    """The authors' victim protocol: eval mode throughout (BatchNorm is a fixed affine map),
+    plain SGD (no momentum, no weight decay), shuffle off, mean cross-entropy per batch.
+    Returns the mean loss of each epoch."""
+    model.eval()
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.0, weight_decay=0.0)
+    losses = []
+    for epoch in range(cfg.epochs):
+        total = 0.0
+        for start in range(0, len(x), cfg.batch_size):
+            loss = F.cross_entropy(model(x[start : start + cfg.batch_size]), y[start : start + cfg.batch_size])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(x[start : start + cfg.batch_size])
+        losses.append(total / len(x))
+        log.info("victim epoch %d/%d loss %.4f", epoch + 1, cfg.epochs, losses[-1])
+    return losses
