@@ -1,0 +1,5 @@
+import sys
+
+from simudy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,29 @@
+import json
+
+from simudy.config import load_registry
+
+REGISTRY = config["registry"]
+REG = load_registry(REGISTRY)
+PROFILE = config.get("profile") or REG.active_profile
+# Rules run `simudy` from the active environment; with --use-conda, from this one.
+ENV = "../../environment.yml"
+RUN = "results/{experiment}/{profile}"
+
+
+
+def cfg(w):
+    return REG.resolve(w.experiment, w.profile)
+
+
+def section(name):
+    """One resolved config section as a params value, so that editing it reruns the job."""
+    return lambda w: json.dumps(cfg(w).section(name), sort_keys=True)
+
+
+def dataset_file(split):
+    return lambda w: f"results/data/{REG.experiments[w.experiment].dataset}/{split(w)}.npz"
+
+
+def report_files(experiment, profile):
+    run = RUN.format(experiment=experiment, profile=profile)
+    return [f"{run}/report/figure.png", f"{run}/report/loss.png", f"{run}/report/row.csv"]

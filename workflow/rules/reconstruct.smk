@@ -1,0 +1,26 @@
+rule simulate_and_reconstruct:
+    input:
+        meta=rules.finetune_victim.output.meta,
+        theta0=rules.finetune_victim.output.theta0,
+        thetaf=rules.finetune_victim.output.thetaf,
+    output:
+        images=f"{RUN}/reconstruct/reconstruction.safetensors",
+        loss=f"{RUN}/reconstruct/loss.csv",
+        run=f"{RUN}/reconstruct/run.json",
+    params:
+        registry=REGISTRY,
+        reconstruct=section("reconstruct"),
+        # Snapshots live outside the declared outputs, which Snakemake deletes before a
+        # rerun: a killed job resumes from them.
+        work=f"{RUN}/work/reconstruct",
+    resources:
+        gpu=1,
+    conda:
+        ENV
+    log:
+        f"{RUN}/logs/reconstruct.log",
+    shell:
+        "simudy --log {log} reconstruct --registry {params.registry}"
+        " --experiment {wildcards.experiment} --profile {wildcards.profile}"
+        " --victim-dir $(dirname {input.meta}) --out-dir $(dirname {output.images})"
+        " --work-dir {params.work}"

@@ -1,0 +1,41 @@
+rule pretrain:
+    input:
+        dataset_file(lambda w: cfg(w).init.split),
+    output:
+        theta0=f"{RUN}/init/theta0.safetensors",
+        info=f"{RUN}/init/init.json",
+    params:
+        registry=REGISTRY,
+        init=section("init"),
+    conda:
+        ENV
+    log:
+        f"{RUN}/logs/pretrain.log",
+    shell:
+        "simudy --log {log} pretrain --registry {params.registry}"
+        " --experiment {wildcards.experiment} --profile {wildcards.profile}"
+        " --data-dir $(dirname {input}) --out-dir $(dirname {output.theta0})"
+
+
+rule finetune_victim:
+    input:
+        data=dataset_file(lambda w: "train"),
+        theta0=rules.pretrain.output.theta0,
+        info=rules.pretrain.output.info,
+    output:
+        theta0=f"{RUN}/victim/theta0.safetensors",
+        thetaf=f"{RUN}/victim/thetaf.safetensors",
+        truth=f"{RUN}/victim/truth.npz",
+        meta=f"{RUN}/victim/victim.json",
+    params:
+        registry=REGISTRY,
+        victim=section("victim"),
+    conda:
+        ENV
+    log:
+        f"{RUN}/logs/finetune_victim.log",
+    shell:
+        "simudy --log {log} finetune-victim --registry {params.registry}"
+        " --experiment {wildcards.experiment} --profile {wildcards.profile}"
+        " --data-dir $(dirname {input.data}) --init-dir $(dirname {input.theta0})"
+        " --out-dir $(dirname {output.meta})"
