@@ -125,7 +125,9 @@ def cmd_report(a) -> None:
     run, metrics = read_json(rec_dir / "run.json"), read_json(ev_dir / "metrics.json")
     pairs = pd.read_csv(ev_dir / "pairs.csv")
     px = lambda x: pairing.to_pixels(pairing.channels_last(x), truth.mean, truth.std)  # noqa: E731
-    paper = f", paper {cfg.evaluate.paper_ssim:.4f}" if cfg.evaluate.paper_ssim is not None else ""
+    paper = ""
+    if cfg.evaluate.paper_ssim is not None:
+        paper = f"; the paper reports {cfg.evaluate.paper_ssim:.4f}" + ("" if cfg.profile == "paper" else " at paper scale")
     title = (f"{cfg.title} [{run['attack']}, {cfg.profile} profile]\n"
              f"mean SSIM {metrics['ssim']:.4f} over {metrics['n_train']} images{paper}")
     report.reconstruction_figure(out / "figure.png", px(recon), px(truth.normalised()), pairs, title,

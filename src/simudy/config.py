@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from simudy.errors import SimudyError
 
@@ -141,6 +141,7 @@ class Registry(Strict):
     datasets: dict[str, DatasetConfig]
     defaults: dict[str, Overrides]
     experiments: dict[str, ExperimentEntry]
+    _source: str = PrivateAttr(default="<registry>")
 
     @model_validator(mode="after")
     def _consistent(self) -> Registry:
@@ -156,11 +157,11 @@ class Registry(Strict):
 
     def resolve(self, experiment: str, profile: str) -> ExperimentConfig:
         if experiment not in self.experiments:
-            raise SimudyError(f"unknown experiment {experiment!r}; known: {sorted(self.experiments)}")
+            raise SimudyError(f"{self._source}: unknown experiment {experiment!r}; known: {sorted(self.experiments)}")
         entry = self.experiments[experiment]
         if profile not in entry.profiles:
             raise SimudyError(
-                f"experiment {experiment!r} has no profile {profile!r}; known: {sorted(entry.profiles)}"
+                f"{self._source}: experiment {experiment!r} has no profile {profile!r}; known: {sorted(entry.profiles)}"
             )
         over = entry.profiles[profile]
         merged = {
@@ -178,7 +179,7 @@ class Registry(Strict):
             )
         except ValidationError as err:
             raise SimudyError(
-                f"experiment {experiment!r} at profile {profile!r}: {_format(err)}"
+                f"{self._source}: experiment {experiment!r} at profile {profile!r}: {_format(err)}"
             ) from None
 
 
@@ -211,11 +212,13 @@ def load_registry(path: str | Path = DEFAULT_REGISTRY) -> Registry:
     if not isinstance(raw, dict):
         raise SimudyError(f"{path}: expected a mapping at the top level")
     try:
-        return Registry(**raw)
+        registry = Registry(**raw)
     except ValidationError as err:
         raise SimudyError(f"{path}: {_format(err)}") from None
     except ValueError as err:
         raise SimudyError(f"{path}: {err}") from None
+    registry._source = str(path)
+    return registry
 
 
 def load_experiment(experiment: str, profile: str, registry: str | Path = DEFAULT_REGISTRY) -> ExperimentConfig:

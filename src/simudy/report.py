@@ -23,16 +23,19 @@ def reconstruction_figure(path, recon_px: np.ndarray, train_px: np.ndarray, pair
     best SSIM first, as in the paper's Fig. 1. Images are channels-last [0, 1] pixels."""
     top = pairs.sort_values("ssim", ascending=False).head(show)
     blocks = -(-len(top) // columns)
-    fig, axes = plt.subplots(2 * blocks, columns, figsize=(1.1 * columns, 2.3 * blocks + 0.6), squeeze=False)
+    # Each block is a row of reconstructions over a row of originals, then a thin spacer.
+    ratios = ([1, 1, 0.25] * blocks)[:-1]
+    fig, axes = plt.subplots(len(ratios), columns, figsize=(1.1 * columns, 2.5 * blocks + 0.6), squeeze=False,
+                             gridspec_kw={"height_ratios": ratios, "hspace": 0.12, "wspace": 0.05})
     for ax in axes.flat:
         ax.axis("off")
     for k, row in enumerate(top.itertuples()):
         b, c = divmod(k, columns)
-        _show(axes[2 * b, c], recon_px[row.recon])
-        axes[2 * b, c].set_title(f"{row.ssim:.2f}", fontsize=7, pad=2)
-        _show(axes[2 * b + 1, c], train_px[row.train])
+        _show(axes[3 * b, c], recon_px[row.recon])
+        axes[3 * b, c].set_title(f"{row.ssim:.2f}", fontsize=7, pad=2)
+        _show(axes[3 * b + 1, c], train_px[row.train])
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.97), h_pad=0.3, w_pad=0.2)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.55 / fig.get_figheight())
     _save(fig, path)
 
 

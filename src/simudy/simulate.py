@@ -67,7 +67,7 @@ def _clip(grads: tuple[torch.Tensor, ...], plan: TrainingPlan) -> tuple[list[tor
     if plan.clip_max_norm is None:
         return list(grads), False
     norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
-    if float(norm) <= plan.clip_max_norm:
+    if norm.item() <= plan.clip_max_norm:
         return list(grads), False
     scale = plan.clip_to_norm / norm
     return [g * scale for g in grads], True

@@ -36,7 +36,7 @@ def pretrain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: InitConfig
             sched.step()
             correct += int((out.argmax(1) == y[idx]).sum())
         acc = correct / len(x)
-        log.info("pretrain epoch %d/%d loss %.4f train acc %.3f", epoch + 1, cfg.epochs, float(loss), acc)
+        log.info("pretrain epoch %d/%d loss %.4f train acc %.3f", epoch + 1, cfg.epochs, loss.item(), acc)
     model.eval()
     return acc
 
@@ -64,11 +64,12 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: VictimConf
     for epoch in range(cfg.epochs):
         total = 0.0
         for start in range(0, len(x), cfg.batch_size):
-            loss = F.cross_entropy(model(x[start : start + cfg.batch_size]), y[start : start + cfg.batch_size])
+            xb, yb = x[start : start + cfg.batch_size], y[start : start + cfg.batch_size]
+            loss = F.cross_entropy(model(xb), yb)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(x[start : start + cfg.batch_size])
+            total += loss.item() * len(xb)
         losses.append(total / len(x))
         log.info("victim epoch %d/%d loss %.4f", epoch + 1, cfg.epochs, losses[-1])
     return losses

@@ -62,7 +62,7 @@ class SimuDy(Attack):
             distance = squared_distance(plan.lr * change, target)
         tv = total_variation(x)
         loss = distance + self.cfg.tv_weight * tv
-        return loss, {"distance": float(distance), "tv": float(tv), "clipped_steps": sim.clipped_steps}
+        return loss, {"distance": distance.item(), "tv": tv.item(), "clipped_steps": sim.clipped_steps}
 
     def run(self, victim: Victim, threat: ThreatModel, workdir: Path) -> Reconstruction:
         cfg = self.cfg
@@ -93,11 +93,12 @@ class SimuDy(Attack):
             loss.backward()
             opt.step()
             seconds += time.perf_counter() - t0
-            run.record({"step": step + 1, "loss": float(loss), "lr": lr, "seconds": round(seconds, 4), **parts})
-            bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+            loss_value = loss.item()
+            run.record({"step": step + 1, "loss": loss_value, "lr": lr, "seconds": round(seconds, 4), **parts})
+            bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
             if (step + 1) % cfg.log_every == 0:
                 log.info("step %d/%d loss %.5f distance %.5f tv %.4f lr %.2e %.3f s/step",
-                         step + 1, cfg.steps, float(loss), parts["distance"], parts["tv"], lr, seconds / (step + 1 - start or 1))
+                         step + 1, cfg.steps, loss_value, parts["distance"], parts["tv"], lr, seconds / (step + 1 - start or 1))
             if (step + 1) % cfg.snapshot_every == 0 or step + 1 == cfg.steps:
                 run.snapshot(RunState(step + 1, seconds, _capture(x, opt)), x.detach().cpu())
         bar.close()

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from simudy import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+PIPELINE_FILES = ["Snakefile", "workflow", "params", "profiles", "dvc.yaml", "environment.yml"]
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+
+
+def run_cli(*args: str) -> int:
+    return cli.main([str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "digits"
+    assert run_cli("fetch-data", "--registry", ROOT / "params/experiments.yaml", "--dataset", "digits",
+                   "--out-dir", out) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_victim(tmp_path_factory, digits_dir) -> Path:
+    """A digits victim built through the CLI at the smoke profile (seconds)."""
+    root = tmp_path_factory.mktemp("victim")
+    reg = ROOT / "params/experiments.yaml"
+    common = ["--registry", reg, "--experiment", "demo", "--profile", "smoke"]
+    assert run_cli("pretrain", *common, "--data-dir", digits_dir, "--out-dir", root / "init") == 0
+    assert run_cli("finetune-victim", *common, "--data-dir", digits_dir, "--init-dir", root / "init",
+                   "--out-dir", root / "victim") == 0
+    return root / "victim"
+
+
+def copy_pipeline(dst: Path) -> Path:
+    """A copy of the pipeline definition (not the package) to run Snakemake or DVC in."""
+    for name in PIPELINE_FILES:
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / name)
+    return dst
+
+
+def tool(name: str) -> str:
+    """A console script from the environment running the tests."""
+    return str(Path(sys.executable).parent / name)
+
+
+def run_tool(cwd: Path, *args: str, check: bool = True, env=None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([tool(args[0]), *args[1:]], cwd=cwd, capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc

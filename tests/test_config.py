@@ -1,0 +1,68 @@
+import pytest
+import yaml
+
+from simudy.config import SECTIONS, load_experiment, load_registry
+from simudy.errors import SimudyError
+from tests.conftest import ROOT
+
+REGISTRY = ROOT / "params/experiments.yaml"
+
+
+def test_every_experiment_resolves_at_every_profile():
+    reg = load_registry(REGISTRY)
+    for name, entry in reg.experiments.items():
+        assert {"smoke", "cpu", "paper"} <= entry.profiles.keys()
+        for profile in entry.profiles:
+            cfg = reg.resolve(name, profile)
+            assert cfg.reconstruct.steps >= 1
+
+
+def test_paper_profile_keeps_the_authors_defaults():
+    cfg = load_experiment("fig1", "paper", REGISTRY)
+    assert (cfg.init.arch, cfg.init.width) == ("resnet18", 64)
+    assert (cfg.victim.epochs, cfg.victim.batch_size, cfg.victim.lr, cfg.victim.per_class) == (20, 20, 0.01, 2)
+    r = cfg.reconstruct
+    assert (r.steps, r.sim_epochs, r.lr, r.betas, r.cosine_period) == (30000, 8, 0.01, [0.8, 0.9], 100)
+    assert (r.clip_max_norm, r.clip_to_norm, r.clip_fraction, r.init_scale) == (20.0, 5.0, 0.25, 0.5)
+    assert cfg.evaluate.paper_ssim == 0.3140
+
+
+def test_profile_overrides_only_what_it_names():
+    paper, cpu = (load_experiment("fig4", p, REGISTRY) for p in ("paper", "cpu"))
+    assert paper.victim.per_class == 10 and cpu.victim.per_class == 2
+    assert cpu.init.hidden == [1000, 1000] and cpu.victim.lr == paper.victim.lr
+
+
+def _edited(tmp_path, edit):
+    raw = yaml.safe_load(REGISTRY.read_text())
+    edit(raw)
+    path = tmp_path / "experiments.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r["experiments"]["demo"]["profiles"]["cpu"]["reconstruct"].update(steps="many"),
+     r"experiment 'demo' at profile 'cpu': reconstruct.steps: Input should be a valid integer"),
+    (lambda r: r["experiments"]["demo"]["reconstruct"].update(tv_weight="1e-3"),
+     r"reconstruct.tv_weight: Input should be a valid number"),
+    (lambda r: r["experiments"]["demo"]["reconstruct"].update(tv_wieght=0.1),
+     r"reconstruct.tv_wieght: Extra inputs are not permitted"),
+])
+def test_wrong_values_name_the_file_and_key(tmp_path, edit, message):
+    path = _edited(tmp_path, edit)
+    with pytest.raises(SimudyError, match=message) as err:
+        load_experiment("demo", "cpu", path)
+    assert str(path) in str(err.value)
+
+
+def test_missing_sections_and_unknown_names(tmp_path):
+    path = _edited(tmp_path, lambda r: r["experiments"]["demo"]["profiles"]["cpu"].pop("victim"))
+    with pytest.raises(SimudyError, match=r"experiments.demo.profiles.cpu.victim: Field required"):
+        load_registry(path)
+    path = _edited(tmp_path, lambda r: r["experiments"]["demo"].update(dataset="mnist"))
+    with pytest.raises(SimudyError, match="unknown dataset 'mnist'"):
+        load_registry(path)
+    with pytest.raises(SimudyError, match="unknown experiment 'fig99'"):
+        load_experiment("fig99", "cpu", REGISTRY)
+    assert SECTIONS == ("init", "victim", "reconstruct", "evaluate")

@@ -1,0 +1,92 @@
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from simudy.config import DatasetConfig
+from simudy.data import fetch, load_dataset, select_subset
+from simudy.errors import SimudyError
+
+
+def test_subset_takes_the_first_images_of_each_class_in_dataset_order():
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 2])
+    assert select_subset(labels, 2, 0, 3).tolist() == [0, 1, 2, 3, 4, 5]
+    assert select_subset(labels, 1, 1, 3).tolist() == [3, 4, 5]
+    assert select_subset(labels, 1, 2, 3).tolist() == [6, 7, 8]
+
+
+def test_subset_errors():
+    labels = np.array([0, 1, 0, 1])
+    with pytest.raises(SimudyError, match="empty victim subset"):
+        select_subset(labels, 0, 0, 2)
+    with pytest.raises(SimudyError, match=r"class 0 has 2 images, fewer than offset 1 \+ per_class 2"):
+        select_subset(labels, 2, 1, 2)
+
+
+def test_digits_file_follows_the_schema(digits_dir):
+    ds = load_dataset(digits_dir / "train.npz")
+    assert ds.images.dtype == np.uint8 and ds.images.shape == (1500, 8, 8, 1)
+    assert ds.labels.dtype == np.int64 and ds.class_names == [str(i) for i in range(10)]
+    assert ds.source_ids[:3].tolist() == ["0", "1", "2"]
+    assert ds.meta["schema"] == 1 and ds.meta["split"] == "train"
+    x = ds.normalised()
+    assert x.shape == (1500, 1, 8, 8)
+    assert abs(float(x.mean())) < 1e-3 and abs(float(x.std()) - 1) < 1e-2
+    test = load_dataset(digits_dir / "test.npz")
+    assert len(test) == 297 and set(test.source_ids).isdisjoint(ds.source_ids)
+
+
+def _write_folder(root, classes=("cat", "dog", "emu"), per_class=3, skip_test=()):
+    for split in ("train", "test"):
+        for ci, c in enumerate(classes):
+            if split == "test" and c in skip_test:
+                continue
+            d = root / split / c
+            d.mkdir(parents=True)
+            for k in range(per_class):
+                Image.fromarray(np.full((4, 4, 3), 40 * ci + k, np.uint8)).save(d / f"{k:04d}.png")
+
+
+def _zip(src, dst):
+    with zipfile.ZipFile(dst, "w") as zf:
+        for p in sorted(src.rglob("*.png")):
+            zf.write(p, "nested/" + p.relative_to(src).as_posix())
+
+
+def test_imagefolder_from_directory_and_zip(tmp_path):
+    _write_folder(tmp_path / "folder")
+    _zip(tmp_path / "folder", tmp_path / "folder.zip")
+    for src in (tmp_path / "folder", tmp_path / "folder.zip"):
+        out = fetch("toy", DatasetConfig(source="imagefolder", path=str(src)), tmp_path / f"out-{src.suffix}")
+        ds = load_dataset(out["train"])
+        assert ds.class_names == ["cat", "dog", "emu"]
+        # Rows interleave classes by rank, so that the first k of each class is a prefix.
+        assert ds.labels.tolist() == [0, 1, 2] * 3
+        assert ds.images[1, 0, 0, 0] == 40 and ds.images[3, 0, 0, 0] == 1
+        assert ds.source_ids[0].endswith("train/cat/0000.png")
+
+
+def test_imagefolder_with_a_missing_class_is_refused(tmp_path):
+    _write_folder(tmp_path / "folder", skip_test=("dog",))
+    with pytest.raises(SimudyError, match=r"folder: split 'test' has no images for class\(es\) \['dog'\]"):
+        fetch("toy", DatasetConfig(source="imagefolder", path=str(tmp_path / "folder")), tmp_path / "out")
+    assert not (tmp_path / "out" / "train.npz").exists()
+
+
+def test_bad_dataset_files(tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_text("not numpy")
+    with pytest.raises(SimudyError, match="bad.npz: not a simudy dataset file"):
+        load_dataset(bad)
+    np.savez(tmp_path / "partial.npz", images=np.zeros((1, 2, 2, 1), np.uint8))
+    with pytest.raises(SimudyError, match="partial.npz: dataset file lacks"):
+        load_dataset(tmp_path / "partial.npz")
+
+
+def test_local_copy_replaces_the_download(tmp_path, monkeypatch):
+    _write_folder(tmp_path / "folder")
+    monkeypatch.setenv("SIMUDY_DATA_TOY", str(tmp_path / "folder"))
+    cfg = DatasetConfig(source="cifar10", mean=[0.5] * 3, std=[0.25] * 3)
+    ds = load_dataset(fetch("toy", cfg, tmp_path / "out")["test"])
+    assert len(ds) == 9 and ds.mean.tolist() == [0.5] * 3
