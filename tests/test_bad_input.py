@@ -1,5 +1,6 @@
 """Bad input: one clear error naming the file, exit status 2, and nothing left half-written."""
 
+import json
 import math
 import shutil
 
@@ -72,8 +73,9 @@ def test_theta0_and_thetaf_of_different_shapes_or_architectures(victim, tmp_path
 
 
 def test_checkpoint_of_another_architecture_than_declared(victim, tmp_path, capsys):
-    meta = (victim / "victim.json").read_text().replace('"hidden": [\n      512,\n      512\n    ]', '"hidden": [\n      64\n    ]')
-    (victim / "victim.json").write_text(meta)
+    meta = json.loads((victim / "victim.json").read_text())
+    meta["model_kwargs"]["hidden"] = [64]
+    (victim / "victim.json").write_text(json.dumps(meta))
     _expect_refusal(victim, tmp_path, capsys, "does not fit the configured architecture")
 
 

@@ -25,7 +25,8 @@ def test_width_scales_resnets_and_resnet50_builds():
 
 def test_mlp_shapes_and_unknown_names():
     mlp = build_model("mlp", (3, 32, 32), 10, hidden=[1000, 1000])
-    assert [tuple(p.shape) for p in mlp.parameters()] == [(1000, 3072), (1000,), (1000, 1000), (1000,), (10, 1000), (10,)]
+    shapes = [tuple(p.shape) for p in mlp.parameters()]
+    assert shapes == [(1000, 3072), (1000,), (1000, 1000), (1000,), (10, 1000), (10,)]
     assert {"mlp", "resnet18", "resnet50"} <= set(available())
     with pytest.raises(SimudyError, match="unknown architecture 'vgg'"):
         build_model("vgg", (3, 32, 32), 10)

@@ -8,7 +8,8 @@ from simudy.pairing import evaluate, greedy_match, hungarian_match
 
 def _images(n=6, c=3, size=12, seed=0):
     g = torch.Generator().manual_seed(seed)
-    base = torch.rand(n, c, 1, 1, generator=g) + torch.linspace(0, 1, size).view(1, 1, 1, -1) * torch.rand(n, c, 1, 1, generator=g)
+    ramp = torch.linspace(0, 1, size).view(1, 1, 1, -1)
+    base = torch.rand(n, c, 1, 1, generator=g) + ramp * torch.rand(n, c, 1, 1, generator=g)
     return (base + 0.3 * torch.rand(n, c, size, size, generator=g) - 0.5) / 0.25
 
 

@@ -53,7 +53,9 @@ def _check_safetensors_header(path: Path) -> None:
                 raise SimudyError(f"{path}: truncated ({size} bytes); not a safetensors file")
             (header_len,) = struct.unpack("<Q", head)
             if header_len > size - 8:
-                raise SimudyError(f"{path}: truncated or not safetensors (header says {header_len} bytes, file has {size})")
+                raise SimudyError(
+                    f"{path}: truncated or not safetensors (header says {header_len} bytes, file has {size})"
+                )
             header = json.loads(fh.read(header_len))
     except FileNotFoundError:
         raise SimudyError(f"{path}: checkpoint not found") from None
@@ -69,7 +71,8 @@ def check_compatible(a: State, b: State, path_a: str | Path, path_b: str | Path)
     if a.keys() != b.keys():
         only_a, only_b = sorted(a.keys() - b.keys())[:3], sorted(b.keys() - a.keys())[:3]
         raise SimudyError(
-            f"{path_a} and {path_b} hold different architectures: only in the first {only_a}, only in the second {only_b}"
+            f"{path_a} and {path_b} hold different architectures: "
+            f"only in the first {only_a}, only in the second {only_b}"
         )
     for k in a:
         if a[k].shape != b[k].shape:

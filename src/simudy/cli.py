@@ -6,7 +6,6 @@ import argparse
 import csv
 import json
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ def cmd_fetch_data(a) -> None:
     reg = load_registry(a.registry)
     if a.dataset not in reg.datasets:
         raise SimudyError(f"{a.registry}: unknown dataset {a.dataset!r}; known: {sorted(reg.datasets)}")
-    for split, path in data.fetch(a.dataset, reg.datasets[a.dataset], a.out_dir).items():
+    for path in data.fetch(a.dataset, reg.datasets[a.dataset], a.out_dir).values():
         ds = data.load_dataset(path)
         log.info("%s: %d images of shape %s in %d classes", path, len(ds), ds.images.shape[1:], len(ds.class_names))
 
@@ -42,13 +41,14 @@ def cmd_pretrain(a) -> None:
     cfg = _experiment(a)
     ds = data.load_dataset(Path(a.data_dir) / f"{cfg.init.split}.npz")
     torch.manual_seed(cfg.init.seed)
-    model = build_model(cfg.init.arch, ds.image_shape, len(ds.class_names), width=cfg.init.width, hidden=cfg.init.hidden)
+    model = build_model(cfg.init.arch, ds.image_shape, len(ds.class_names), **_model_kwargs(cfg))
     info = {"schema": META_SCHEMA, "arch": cfg.init.arch, "model_kwargs": _model_kwargs(cfg),
             "image_shape": list(ds.image_shape), "num_classes": len(ds.class_names), "init": cfg.section("init")}
     if cfg.init.init == "pretrained":
         n = min(cfg.init.limit or len(ds), len(ds))
         idx = np.arange(n)
-        info["pretrain_accuracy"] = train.pretrain(model, ds.normalised(idx), torch.from_numpy(ds.labels[idx]), cfg.init)
+        labels = torch.from_numpy(ds.labels[idx])
+        info["pretrain_accuracy"] = train.pretrain(model, ds.normalised(idx), labels, cfg.init)
         info["pretrain_images"] = {"split": cfg.init.split, "count": n}
     out = Path(a.out_dir)
     checkpoints.save_weights(out / "theta0.safetensors", model.state_dict())
@@ -127,7 +127,8 @@ def cmd_report(a) -> None:
     px = lambda x: pairing.to_pixels(pairing.channels_last(x), truth.mean, truth.std)  # noqa: E731
     paper = ""
     if cfg.evaluate.paper_ssim is not None:
-        paper = f"; the paper reports {cfg.evaluate.paper_ssim:.4f}" + ("" if cfg.profile == "paper" else " at paper scale")
+        scale = "" if cfg.profile == "paper" else " at paper scale"
+        paper = f"; the paper reports {cfg.evaluate.paper_ssim:.4f}{scale}"
     title = (f"{cfg.title} [{run['attack']}, {cfg.profile} profile]\n"
              f"mean SSIM {metrics['ssim']:.4f} over {metrics['n_train']} images{paper}")
     report.reconstruction_figure(out / "figure.png", px(recon), px(truth.normalised()), pairs, title,
@@ -138,7 +139,8 @@ def cmd_report(a) -> None:
         "n_images": metrics["n_train"], "steps": run["steps"], "ssim": metrics["ssim"],
         "paper_ssim": cfg.evaluate.paper_ssim, "paper_ref": cfg.evaluate.paper_ref,
         "ssim_hungarian": metrics["ssim_hungarian"], "ssim_pixel": metrics["ssim_pixel"],
-        "psnr_pixel": metrics["psnr_pixel"], "seconds": run["seconds"], "seconds_per_step": run["seconds_per_step"],
+        "psnr_pixel": metrics["psnr_pixel"], "seconds": run["seconds"],
+        "seconds_per_step": run["seconds_per_step"],
     }])
     with atomic_path(out / "row.csv") as tmp:
         row.to_csv(tmp, index=False)

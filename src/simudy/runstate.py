@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from simudy.checkpoints import save_weights
 from simudy.io import atomic_path
-from safetensors.torch import load_file
 
 log = logging.getLogger(__name__)
 

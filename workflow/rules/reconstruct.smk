@@ -17,6 +17,7 @@ rule simulate_and_reconstruct:
         gpu=1,
     conda:
         ENV
+    threads: workflow.cores
     log:
         f"{RUN}/logs/reconstruct.log",
     shell:

@@ -9,6 +9,7 @@ rule pretrain:
         init=section("init"),
     conda:
         ENV
+    threads: workflow.cores
     log:
         f"{RUN}/logs/pretrain.log",
     shell:
@@ -32,6 +33,7 @@ rule finetune_victim:
         victim=section("victim"),
     conda:
         ENV
+    threads: workflow.cores
     log:
         f"{RUN}/logs/finetune_victim.log",
     shell:

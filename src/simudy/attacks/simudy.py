@@ -97,8 +97,8 @@ class SimuDy(Attack):
             run.record({"step": step + 1, "loss": loss_value, "lr": lr, "seconds": round(seconds, 4), **parts})
             bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
             if (step + 1) % cfg.log_every == 0:
-                log.info("step %d/%d loss %.5f distance %.5f tv %.4f lr %.2e %.3f s/step",
-                         step + 1, cfg.steps, loss_value, parts["distance"], parts["tv"], lr, seconds / (step + 1 - start or 1))
+                log.info("step %d/%d loss %.5f distance %.5f tv %.4f lr %.2e %.3f s/step", step + 1, cfg.steps,
+                         loss_value, parts["distance"], parts["tv"], lr, seconds / (step + 1))
             if (step + 1) % cfg.snapshot_every == 0 or step + 1 == cfg.steps:
                 run.snapshot(RunState(step + 1, seconds, _capture(x, opt)), x.detach().cpu())
         bar.close()
