@@ -24,21 +24,21 @@ def run_cli(*args: str) -> int:
 
 
 @pytest.fixture(scope="session")
-def digits_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "digits"
+def digits_file(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "digits.npz"
     assert run_cli("fetch-data", "--registry", ROOT / "params/experiments.yaml", "--dataset", "digits",
-                   "--out-dir", out) == 0
+                   "--out", out) == 0
     return out
 
 
 @pytest.fixture(scope="session")
-def demo_victim(tmp_path_factory, digits_dir) -> Path:
+def demo_victim(tmp_path_factory, digits_file) -> Path:
     """A digits victim built through the CLI at the smoke profile (seconds)."""
     root = tmp_path_factory.mktemp("victim")
     reg = ROOT / "params/experiments.yaml"
     common = ["--registry", reg, "--experiment", "demo", "--profile", "smoke"]
-    assert run_cli("pretrain", *common, "--data-dir", digits_dir, "--out-dir", root / "init") == 0
-    assert run_cli("finetune-victim", *common, "--data-dir", digits_dir, "--init-dir", root / "init",
+    assert run_cli("pretrain", *common, "--data", digits_file, "--out-dir", root / "init") == 0
+    assert run_cli("finetune-victim", *common, "--data", digits_file, "--init-dir", root / "init",
                    "--out-dir", root / "victim") == 0
     return root / "victim"
 

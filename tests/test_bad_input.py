@@ -84,13 +84,13 @@ def test_missing_metadata(victim, tmp_path, capsys):
     _expect_refusal(victim, tmp_path, capsys, f"{victim / 'victim.json'}: file not found")
 
 
-def test_empty_subset_and_wrong_config_types(tmp_path, digits_dir, capsys):
+def test_empty_subset_and_wrong_config_types(tmp_path, digits_file, capsys):
     reg = (ROOT / "params/experiments.yaml").read_text()
     bad = tmp_path / "experiments.yaml"
     bad.write_text(reg.replace("victim: {per_class: 2, offset: 0", "victim: {per_class: 0, offset: 0"))
     common = ["--registry", bad, "--experiment", "demo", "--profile", "smoke"]
-    assert run_cli("pretrain", *common, "--data-dir", digits_dir, "--out-dir", tmp_path / "init") == 0
-    code = run_cli("finetune-victim", *common, "--data-dir", digits_dir, "--init-dir", tmp_path / "init",
+    assert run_cli("pretrain", *common, "--data", digits_file, "--out-dir", tmp_path / "init") == 0
+    code = run_cli("finetune-victim", *common, "--data", digits_file, "--init-dir", tmp_path / "init",
                    "--out-dir", tmp_path / "victim")
     assert code == 2 and "empty victim subset" in capsys.readouterr().err and not (tmp_path / "victim").exists()
     bad.write_text(reg.replace("victim: {per_class: 2, offset: 0", "victim: {per_class: two, offset: 0"))

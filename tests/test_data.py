@@ -24,17 +24,18 @@ def test_subset_errors():
         select_subset(labels, 2, 1, 2)
 
 
-def test_digits_file_follows_the_schema(digits_dir):
-    ds = load_dataset(digits_dir / "train.npz")
+def test_digits_file_follows_the_schema(digits_file):
+    ds = load_dataset(digits_file, split="train")
     assert ds.images.dtype == np.uint8 and ds.images.shape == (1500, 8, 8, 1)
     assert ds.labels.dtype == np.int64 and ds.class_names == [str(i) for i in range(10)]
     assert ds.source_ids[:3].tolist() == ["0", "1", "2"]
-    assert ds.meta["schema"] == 1 and ds.meta["split"] == "train"
+    assert ds.meta["schema"] == 1 and set(ds.split) == {"train"}
     x = ds.normalised()
     assert x.shape == (1500, 1, 8, 8)
     assert abs(float(x.mean())) < 1e-3 and abs(float(x.std()) - 1) < 1e-2
-    test = load_dataset(digits_dir / "test.npz")
+    test = load_dataset(digits_file, split="test")
     assert len(test) == 297 and set(test.source_ids).isdisjoint(ds.source_ids)
+    assert len(load_dataset(digits_file)) == 1797
 
 
 def _write_folder(root, classes=("cat", "dog", "emu"), per_class=3, skip_test=()):
@@ -58,8 +59,8 @@ def test_imagefolder_from_directory_and_zip(tmp_path):
     _write_folder(tmp_path / "folder")
     _zip(tmp_path / "folder", tmp_path / "folder.zip")
     for src in (tmp_path / "folder", tmp_path / "folder.zip"):
-        out = fetch("toy", DatasetConfig(source="imagefolder", path=str(src)), tmp_path / f"out-{src.suffix}")
-        ds = load_dataset(out["train"])
+        fetch("toy", DatasetConfig(source="imagefolder", path=str(src)), tmp_path / f"out{src.suffix}.npz")
+        ds = load_dataset(tmp_path / f"out{src.suffix}.npz", split="train")
         assert ds.class_names == ["cat", "dog", "emu"]
         # Rows interleave classes by rank, so that the first k of each class is a prefix.
         assert ds.labels.tolist() == [0, 1, 2] * 3
@@ -70,8 +71,8 @@ def test_imagefolder_from_directory_and_zip(tmp_path):
 def test_imagefolder_with_a_missing_class_is_refused(tmp_path):
     _write_folder(tmp_path / "folder", skip_test=("dog",))
     with pytest.raises(SimudyError, match=r"folder: split 'test' has no images for class\(es\) \['dog'\]"):
-        fetch("toy", DatasetConfig(source="imagefolder", path=str(tmp_path / "folder")), tmp_path / "out")
-    assert not (tmp_path / "out" / "train.npz").exists()
+        fetch("toy", DatasetConfig(source="imagefolder", path=str(tmp_path / "folder")), tmp_path / "out.npz")
+    assert not (tmp_path / "out.npz").exists()
 
 
 def test_bad_dataset_files(tmp_path):
@@ -88,5 +89,6 @@ def test_local_copy_replaces_the_download(tmp_path, monkeypatch):
     _write_folder(tmp_path / "folder")
     monkeypatch.setenv("SIMUDY_DATA_TOY", str(tmp_path / "folder"))
     cfg = DatasetConfig(source="cifar10", mean=[0.5] * 3, std=[0.25] * 3)
-    ds = load_dataset(fetch("toy", cfg, tmp_path / "out")["test"])
+    fetch("toy", cfg, tmp_path / "out.npz")
+    ds = load_dataset(tmp_path / "out.npz", split="test")
     assert len(ds) == 9 and ds.mean.tolist() == [0.5] * 3

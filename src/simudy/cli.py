@@ -32,14 +32,15 @@ def cmd_fetch_data(a) -> None:
     reg = load_registry(a.registry)
     if a.dataset not in reg.datasets:
         raise SimudyError(f"{a.registry}: unknown dataset {a.dataset!r}; known: {sorted(reg.datasets)}")
-    for path in data.fetch(a.dataset, reg.datasets[a.dataset], a.out_dir).values():
-        ds = data.load_dataset(path)
-        log.info("%s: %d images of shape %s in %d classes", path, len(ds), ds.images.shape[1:], len(ds.class_names))
+    ds = data.fetch(a.dataset, reg.datasets[a.dataset], a.out)
+    for split in data.SPLITS:
+        log.info("%s: %s split: %d images of shape %s in %d classes", a.out, split, int((ds.split == split).sum()),
+                 ds.images.shape[1:], len(ds.class_names))
 
 
 def cmd_pretrain(a) -> None:
     cfg = _experiment(a)
-    ds = data.load_dataset(Path(a.data_dir) / f"{cfg.init.split}.npz")
+    ds = data.load_dataset(a.data, split=cfg.init.split)
     torch.manual_seed(cfg.init.seed)
     model = build_model(cfg.init.arch, ds.image_shape, len(ds.class_names), **_model_kwargs(cfg))
     info = {"schema": META_SCHEMA, "arch": cfg.init.arch, "model_kwargs": _model_kwargs(cfg),
@@ -57,7 +58,7 @@ def cmd_pretrain(a) -> None:
 
 def cmd_finetune_victim(a) -> None:
     cfg = _experiment(a)
-    ds = data.load_dataset(Path(a.data_dir) / "train.npz")
+    ds = data.load_dataset(a.data, split="train")
     init_dir, out = Path(a.init_dir), Path(a.out_dir)
     info = read_json(init_dir / "init.json")
     model = checkpoints.load_into(build_from_meta(info), checkpoints.load_weights(init_dir / "theta0.safetensors"),
@@ -78,9 +79,7 @@ def cmd_finetune_victim(a) -> None:
             "init": info["init"], "epoch_losses": losses}
     checkpoints.save_weights(out / "theta0.safetensors", theta0)
     checkpoints.save_weights(out / "thetaf.safetensors", model.state_dict())
-    truth = data.Dataset(ds.images[idx], ds.labels[idx], ds.class_names, ds.source_ids[idx], ds.mean, ds.std,
-                         {**ds.meta, "subset_of": ds.meta["split"]})
-    data.save_dataset(out / "truth.npz", truth)
+    data.save_dataset(out / "truth.npz", ds.take(idx))
     write_json(out / "victim.json", meta)
 
 
@@ -186,12 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument(f"--{flag.replace('_', '-')}", required=True, help=h)
         return s
 
-    add("fetch-data", cmd_fetch_data, "write the canonical dataset files", experiment=False,
-        dataset="dataset name in the registry", out_dir="output directory")
+    add("fetch-data", cmd_fetch_data, "write the canonical dataset file", experiment=False,
+        dataset="dataset name in the registry", out="output .npz")
     add("pretrain", cmd_pretrain, "make θ0 (pre-trained or seeded random init)",
-        data_dir="dataset directory", out_dir="output directory")
+        data="canonical dataset file", out_dir="output directory")
     add("finetune-victim", cmd_finetune_victim, "train the victim from θ0 with the authors' protocol",
-        data_dir="dataset directory", init_dir="θ0 directory", out_dir="victim directory")
+        data="canonical dataset file", init_dir="θ0 directory", out_dir="victim directory")
     add("reconstruct", cmd_reconstruct, "run the configured attack on a victim",
         victim_dir="victim directory", out_dir="output directory", work_dir="snapshot directory (resume)")
     add("pair", cmd_pair, "pair reconstructions with training images by SSIM", experiment=False,

@@ -1,16 +1,18 @@
 """fetch-data: turn a source into the canonical dataset file, and pick victim subsets.
 
-Canonical dataset file (`<split>.npz`, read with `allow_pickle=False`), schema version 1:
+Canonical dataset file (`<name>.npz`, read with `allow_pickle=False`), schema version 1:
 
     images      uint8   [N, H, W, C]   pixels as decoded from the source
     labels      int64   [N]            class index into `class_names`
+    split       str     [N]            "train" or "test"
     class_names str     [K]
     source_ids  str     [N]            where each image comes from in its source (see below)
-    mean, std   float32 [C]            normalisation constants: x_norm = (x / 255 - mean) / std
-    meta        str                    JSON: {"schema": 1, "dataset", "split", "source", ...}
+    mean, std   float32 [C]            normalisation constants, from the train split:
+                                       x_norm = (x / 255 - mean) / std
+    meta        str                    JSON: {"schema": 1, "dataset", "source", provenance...}
 
-Dataset order is the order of the rows. For `cifar10` it is the official order and
-`source_ids` is the index within the split; for `digits` it is scikit-learn's order and the
+Dataset order is the order of the rows within a split. For `cifar10` it is the official order
+and `source_ids` is the index within the split; for `digits` it is scikit-learn's order and the
 id is the index in `load_digits()`; for `imagefolder` the official interleaving of classes is
 not known, so rows are ordered by (rank of the file within its class, class), which keeps every
 prefix balanced, and the id is the file's path inside the folder or zip.
@@ -26,7 +28,7 @@ import pickle
 import tarfile
 import urllib.request
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
@@ -47,11 +49,17 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 class Dataset:
     images: np.ndarray
     labels: np.ndarray
+    split: np.ndarray
     class_names: list[str]
     source_ids: np.ndarray
     mean: np.ndarray
     std: np.ndarray
     meta: dict
+
+    def take(self, rows: np.ndarray) -> Dataset:
+        """The rows `rows` (indices or a boolean mask), with everything else unchanged."""
+        return replace(self, images=self.images[rows], labels=self.labels[rows], split=self.split[rows],
+                       source_ids=self.source_ids[rows])
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -93,6 +101,7 @@ def save_dataset(path: str | Path, ds: Dataset) -> None:
                 fh,
                 images=ds.images,
                 labels=ds.labels,
+                split=ds.split.astype(str),
                 class_names=np.array(ds.class_names),
                 source_ids=ds.source_ids.astype(str),
                 mean=ds.mean.astype(np.float32),
@@ -101,7 +110,8 @@ def save_dataset(path: str | Path, ds: Dataset) -> None:
             )
 
 
-def load_dataset(path: str | Path) -> Dataset:
+def load_dataset(path: str | Path, split: str | None = None) -> Dataset:
+    """Load a canonical dataset file; with `split`, only that split's rows."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -110,7 +120,7 @@ def load_dataset(path: str | Path) -> Dataset:
         raise SimudyError(f"{path}: dataset file not found (run `simudy fetch-data`)") from None
     except (ValueError, OSError, zipfile.BadZipFile) as err:
         raise SimudyError(f"{path}: not a simudy dataset file ({err})") from None
-    needed = {"images", "labels", "class_names", "source_ids", "mean", "std", "meta"}
+    needed = {"images", "labels", "split", "class_names", "source_ids", "mean", "std", "meta"}
     if not needed <= arrays.keys():
         raise SimudyError(f"{path}: dataset file lacks {sorted(needed - arrays.keys())}")
     images, labels = arrays["images"], arrays["labels"]
@@ -121,15 +131,22 @@ def load_dataset(path: str | Path) -> Dataset:
     meta = json.loads(str(arrays["meta"]))
     if meta.get("schema") != SCHEMA_VERSION:
         raise SimudyError(f"{path}: dataset schema {meta.get('schema')}, expected {SCHEMA_VERSION}")
-    return Dataset(
+    ds = Dataset(
         images=images,
         labels=labels.astype(np.int64),
+        split=arrays["split"],
         class_names=[str(c) for c in arrays["class_names"]],
         source_ids=arrays["source_ids"],
         mean=arrays["mean"].astype(np.float32),
         std=arrays["std"].astype(np.float32),
         meta=meta,
     )
+    if split is None:
+        return ds
+    rows = ds.split == split
+    if not rows.any():
+        raise SimudyError(f"{path}: no images in split {split!r}")
+    return ds.take(rows)
 
 
 # -- victim subsets ---------------------------------------------------------------------------
@@ -153,8 +170,8 @@ def select_subset(labels: np.ndarray, per_class: int, offset: int, num_classes: 
 # -- sources ----------------------------------------------------------------------------------
 
 
-def fetch(name: str, cfg: DatasetConfig, out_dir: str | Path) -> dict[str, Path]:
-    """Write `<out_dir>/train.npz` and `<out_dir>/test.npz` for the dataset `name`.
+def fetch(name: str, cfg: DatasetConfig, out: str | Path) -> Dataset:
+    """Write the canonical file `out` for the dataset `name`.
 
     A local copy given in the environment variable SIMUDY_DATA_<NAME> (a directory, a .zip in
     image-folder layout, or the official tarball) takes the place of the download.
@@ -163,13 +180,21 @@ def fetch(name: str, cfg: DatasetConfig, out_dir: str | Path) -> dict[str, Path]
     splits = _read_source(name, cfg, local)
     splits = {s: _keep_classes(ds, cfg.classes) for s, ds in splits.items()}
     mean, std = _norm_constants(cfg, splits["train"].images)
-    out = {}
-    for split, raw in splits.items():
-        meta = {"schema": SCHEMA_VERSION, "dataset": name, "split": split, **raw.provenance}
-        ds = Dataset(raw.images, raw.labels, raw.class_names, raw.source_ids, mean, std, meta)
-        out[split] = Path(out_dir) / f"{split}.npz"
-        save_dataset(out[split], ds)
-    return out
+    names = {tuple(raw.class_names) for raw in splits.values()}
+    if len(names) != 1:
+        raise SimudyError(f"dataset {name!r}: the splits have different classes {sorted(names)}")
+    ds = Dataset(
+        images=np.concatenate([raw.images for raw in splits.values()]),
+        labels=np.concatenate([raw.labels for raw in splits.values()]),
+        split=np.concatenate([np.full(len(raw.labels), s) for s, raw in splits.items()]),
+        class_names=list(names.pop()),
+        source_ids=np.concatenate([raw.source_ids for raw in splits.values()]),
+        mean=mean,
+        std=std,
+        meta={"schema": SCHEMA_VERSION, "dataset": name, **splits["train"].provenance},
+    )
+    save_dataset(out, ds)
+    return ds
 
 
 def _read_source(name: str, cfg: DatasetConfig, local: str | None):

@@ -20,8 +20,8 @@ def section(name):
     return lambda w: json.dumps(cfg(w).section(name), sort_keys=True)
 
 
-def dataset_file(split):
-    return lambda w: f"results/data/{REG.experiments[w.experiment].dataset}/{split(w)}.npz"
+def dataset_file(w):
+    return f"results/data/{REG.experiments[w.experiment].dataset}.npz"
 
 
 def report_files(experiment, profile):

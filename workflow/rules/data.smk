@@ -1,7 +1,6 @@
 rule fetch_data:
     output:
-        train="results/data/{dataset}/train.npz",
-        test="results/data/{dataset}/test.npz",
+        "results/data/{dataset}.npz",
     params:
         registry=REGISTRY,
         spec=lambda w: REG.datasets[w.dataset].model_dump_json(),
@@ -11,4 +10,4 @@ rule fetch_data:
         "results/logs/fetch_data/{dataset}.log",
     shell:
         "simudy --log {log} fetch-data --registry {params.registry} --dataset {wildcards.dataset}"
-        " --out-dir results/data/{wildcards.dataset}"
+        " --out {output}"

@@ -1,6 +1,6 @@
 rule pretrain:
     input:
-        dataset_file(lambda w: cfg(w).init.split),
+        dataset_file,
     output:
         theta0=f"{RUN}/init/theta0.safetensors",
         info=f"{RUN}/init/init.json",
@@ -15,12 +15,12 @@ rule pretrain:
     shell:
         "simudy --log {log} pretrain --registry {params.registry}"
         " --experiment {wildcards.experiment} --profile {wildcards.profile}"
-        " --data-dir $(dirname {input}) --out-dir $(dirname {output.theta0})"
+        " --data {input} --out-dir $(dirname {output.theta0})"
 
 
 rule finetune_victim:
     input:
-        data=dataset_file(lambda w: "train"),
+        data=dataset_file,
         theta0=rules.pretrain.output.theta0,
         info=rules.pretrain.output.info,
     output:
@@ -39,5 +39,5 @@ rule finetune_victim:
     shell:
         "simudy --log {log} finetune-victim --registry {params.registry}"
         " --experiment {wildcards.experiment} --profile {wildcards.profile}"
-        " --data-dir $(dirname {input.data}) --init-dir $(dirname {input.theta0})"
+        " --data {input.data} --init-dir $(dirname {input.theta0})"
         " --out-dir $(dirname {output.meta})"
