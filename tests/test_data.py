@@ -92,3 +92,52 @@ def test_local_copy_replaces_the_download(tmp_path, monkeypatch):
     fetch("toy", cfg, tmp_path / "out.npz")
     ds = load_dataset(tmp_path / "out.npz", split="test")
     assert len(ds) == 9 and ds.mean.tolist() == [0.5] * 3
+
+
+def _cifar_tarball(path, payload=None):
+    """A miniature of the official python tarball: pickled dicts of numpy arrays."""
+    import io
+    import pickle
+    import tarfile
+
+    def add(tar, name, obj):
+        raw = pickle.dumps(obj)
+        info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+        info.size = len(raw)
+        tar.addfile(info, io.BytesIO(raw))
+
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w:gz") as tar:
+        add(tar, "batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)]})
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            labels = list(range(10)) * 2
+            add(tar, name, payload or {b"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), b"labels": labels})
+    return path
+
+
+def _md5(path):
+    import hashlib
+
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_official_cifar10_tarball_is_read_with_checksum(tmp_path, monkeypatch):
+    tarball = _cifar_tarball(tmp_path / "cifar-10-python.tar.gz")
+    monkeypatch.setenv("SIMUDY_DATA_CIFAR10", str(tarball))
+    fetch("cifar10", DatasetConfig(source="cifar10", md5=_md5(tarball)), tmp_path / "c.npz")
+    ds = load_dataset(tmp_path / "c.npz", split="train")
+    assert ds.images.shape == (100, 32, 32, 3) and ds.class_names[0] == "c0"
+    assert ds.source_ids[:2].tolist() == ["0", "1"] and len(load_dataset(tmp_path / "c.npz", split="test")) == 20
+    with pytest.raises(SimudyError, match="md5 checksum mismatch"):
+        fetch("cifar10", DatasetConfig(source="cifar10", md5="0" * 32), tmp_path / "d.npz")
+
+
+def test_a_tampered_tarball_cannot_run_code(tmp_path, monkeypatch):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    tarball = _cifar_tarball(tmp_path / "evil.tar.gz", payload={b"data": Evil(), b"labels": [0]})
+    monkeypatch.setenv("SIMUDY_DATA_CIFAR10", str(tarball))
+    with pytest.raises(SimudyError, match="refusing to load builtins.print"):
+        fetch("cifar10", DatasetConfig(source="cifar10", md5=_md5(tarball)), tmp_path / "e.npz")

@@ -289,6 +289,13 @@ def _read_cifar10_tarball(path: Path, md5: str):
         raise SimudyError(f"{path}: file not found")
     if _md5(path) != md5:
         raise SimudyError(f"{path}: md5 checksum mismatch (expected {md5}); the download is corrupt")
+    try:
+        return _unpack_cifar10(path, md5)
+    except (pickle.UnpicklingError, tarfile.TarError, KeyError, ValueError, EOFError) as err:
+        raise SimudyError(f"{path}: not a valid CIFAR-10 python tarball ({err})") from None
+
+
+def _unpack_cifar10(path: Path, md5: str) -> dict[str, RawSplit]:
     batches = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
     out = {}
     with tarfile.open(path, "r:gz") as tar:
