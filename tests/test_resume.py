@@ -49,13 +49,17 @@ def test_interrupted_run_resumes_to_the_identical_result(tmp_path, demo_victim):
     assert torch.equal(resumed.images, full.images)
     assert [r["loss"] for r in resumed.info["loss_rows"]] == [r["loss"] for r in full.info["loss_rows"]]
     assert [int(r["step"]) for r in resumed.info["loss_rows"]] == list(range(1, 13))
+    # A finished run keeps no resume state: rerunning it recomputes.
+    assert not (tmp_path / "b" / STATE_FILE).exists()
 
 
 def test_a_snapshot_of_another_configuration_is_not_resumed(tmp_path, demo_victim):
-    _run(demo_victim, tmp_path / "w", _cfg(steps=5))
-    other = _run(demo_victim, tmp_path / "w", _cfg(steps=6, tv_weight=0.01))
-    fresh = _run(demo_victim, tmp_path / "fresh", _cfg(steps=6, tv_weight=0.01))
+    with pytest.raises(KeyboardInterrupt):
+        _run(demo_victim, tmp_path / "w", _cfg(), die_at=8)
+    other = _run(demo_victim, tmp_path / "w", _cfg(tv_weight=0.01))
+    fresh = _run(demo_victim, tmp_path / "fresh", _cfg(tv_weight=0.01))
     assert torch.equal(other.images, fresh.images)
+    assert [int(r["step"]) for r in other.info["loss_rows"]] == list(range(1, 13))
 
 
 def _registry_with_steps(tmp_path, steps):

@@ -59,6 +59,9 @@ class InitConfig(Strict):
     weight_decay: float
     augment: bool
 
+    def model_kwargs(self) -> dict[str, Any]:
+        return {k: v for k, v in {"width": self.width, "hidden": self.hidden}.items() if v is not None}
+
 
 class VictimConfig(Strict):
     """The victim's fine-tuning, following the authors' protocol exactly."""

@@ -13,12 +13,17 @@ Optimal (Hungarian) matching on the paper SSIM is reported beside the greedy one
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 from skimage.metrics import structural_similarity
 
+from simudy.checkpoints import load_weights
+from simudy.data import load_dataset
 from simudy.errors import SimudyError
+from simudy.io import atomic_path, write_json
 
 
 def channels_last(x) -> np.ndarray:
@@ -98,3 +103,17 @@ def evaluate(train_norm, recon_norm, mean, std) -> tuple[dict, pd.DataFrame]:
         "n_recon": len(recon),
     }
     return metrics, pairs
+
+
+def pair_files(victim_dir: str | Path, reconstruct_dir: str | Path, out_dir: str | Path) -> dict:
+    """The pair-by-SSIM stage: write `metrics.json` (DVC metrics) and `pairs.csv`."""
+    truth = load_dataset(Path(victim_dir) / "truth.npz")
+    recon = load_weights(Path(reconstruct_dir) / "reconstruction.safetensors")["images"]
+    metrics, pairs = evaluate(truth.normalised(), recon, truth.mean, truth.std)
+    pairs.insert(1, "source_id", truth.source_ids[pairs["train"]])
+    pairs.insert(2, "label", [truth.class_names[i] for i in truth.labels[pairs["train"]]])
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir / "pairs.csv") as tmp:
+        pairs.to_csv(tmp, index=False, float_format="%.6f")
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics

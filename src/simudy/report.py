@@ -11,10 +11,46 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from simudy.io import atomic_path  # noqa: E402
+from simudy.checkpoints import load_weights  # noqa: E402
+from simudy.config import ExperimentConfig  # noqa: E402
+from simudy.data import load_dataset  # noqa: E402
+from simudy.io import atomic_path, read_json  # noqa: E402
+from simudy.pairing import channels_last, to_pixels  # noqa: E402
 
 ROW_COLUMNS = ["experiment", "profile", "attack", "model", "n_images", "steps", "ssim", "paper_ssim",
                "paper_ref", "ssim_hungarian", "ssim_pixel", "psnr_pixel", "seconds", "seconds_per_step"]
+
+
+def make_report(cfg: ExperimentConfig, victim_dir, reconstruct_dir, evaluate_dir, out_dir) -> pd.DataFrame:
+    """The report stage: `figure.png` (Fig. 1 layout), `loss.png` and the table row `row.csv`."""
+    rec_dir, ev_dir, out_dir = Path(reconstruct_dir), Path(evaluate_dir), Path(out_dir)
+    truth = load_dataset(Path(victim_dir) / "truth.npz")
+    recon = load_weights(rec_dir / "reconstruction.safetensors")["images"]
+    run, metrics = read_json(rec_dir / "run.json"), read_json(ev_dir / "metrics.json")
+    pixels = lambda x: to_pixels(channels_last(x), truth.mean, truth.std)  # noqa: E731
+    reconstruction_figure(out_dir / "figure.png", pixels(recon), pixels(truth.normalised()),
+                          pd.read_csv(ev_dir / "pairs.csv"), _title(cfg, run, metrics),
+                          cfg.evaluate.show, cfg.evaluate.columns)
+    loss_figure(out_dir / "loss.png", pd.read_csv(rec_dir / "loss.csv"), f"{cfg.title} [{cfg.profile}]")
+    row = pd.DataFrame([{
+        "experiment": cfg.name, "profile": cfg.profile, "attack": run["attack"], "model": cfg.init.arch,
+        "n_images": metrics["n_train"], "steps": run["steps"], "ssim": metrics["ssim"],
+        "paper_ssim": cfg.evaluate.paper_ssim, "paper_ref": cfg.evaluate.paper_ref,
+        "ssim_hungarian": metrics["ssim_hungarian"], "ssim_pixel": metrics["ssim_pixel"],
+        "psnr_pixel": metrics["psnr_pixel"], "seconds": run["seconds"], "seconds_per_step": run["seconds_per_step"],
+    }])[ROW_COLUMNS]
+    with atomic_path(out_dir / "row.csv") as tmp:
+        row.to_csv(tmp, index=False)
+    return row
+
+
+def _title(cfg: ExperimentConfig, run: dict, metrics: dict) -> str:
+    paper = ""
+    if cfg.evaluate.paper_ssim is not None:
+        scale = "" if cfg.profile == "paper" else " at paper scale"
+        paper = f"; the paper reports {cfg.evaluate.paper_ssim:.4f}{scale}"
+    return (f"{cfg.title} [{run['attack']}, {cfg.profile} profile]\n"
+            f"mean SSIM {metrics['ssim']:.4f} over {metrics['n_train']} images{paper}")
 
 
 def reconstruction_figure(path, recon_px: np.ndarray, train_px: np.ndarray, pairs: pd.DataFrame,

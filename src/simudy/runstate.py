@@ -13,10 +13,12 @@ import csv
 import hashlib
 import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from simudy.checkpoints import save_weights
@@ -52,13 +54,13 @@ class RunDir:
     def resume(self) -> RunState | None:
         state_path = self.path / STATE_FILE
         if not state_path.exists():
+            self._clear()
             return None
-        from safetensors import safe_open
-
         with safe_open(str(state_path), "pt") as fh:
             meta = fh.metadata() or {}
         if meta.get("fingerprint") != self.fingerprint:
             log.warning("%s belongs to another configuration or victim; starting afresh", state_path)
+            self._clear()
             return None
         step = int(meta["step"])
         self._truncate_log(step)
@@ -83,6 +85,17 @@ class RunDir:
         save_weights(self.path / "snapshots" / f"images_{state.step:07d}.safetensors", {"images": images})
         meta = {"fingerprint": self.fingerprint, "step": str(state.step), "seconds": repr(state.seconds)}
         save_weights(self.path / STATE_FILE, state.tensors, metadata=meta)
+
+    def finish(self) -> list[dict]:
+        """The run is complete: drop the resume state (a rerun starts afresh) and return the
+        loss log. The log and the image snapshots stay for plots."""
+        (self.path / STATE_FILE).unlink(missing_ok=True)
+        return self.rows()
+
+    def _clear(self) -> None:
+        (self.path / STATE_FILE).unlink(missing_ok=True)
+        (self.path / LOG_FILE).unlink(missing_ok=True)
+        shutil.rmtree(self.path / "snapshots", ignore_errors=True)
 
     def rows(self) -> list[dict]:
         path = self.path / LOG_FILE

@@ -1,21 +1,50 @@
-"""Real training: pre-training θ0, and fine-tuning the victim exactly as the authors do."""
+"""Real training: making θ0 (pre-training or a seeded init), and fine-tuning the victim exactly
+as the authors do. Runs on CUDA when present."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simudy.config import InitConfig, VictimConfig
+from simudy.checkpoints import save_weights
+from simudy.config import ExperimentConfig, InitConfig, VictimConfig
+from simudy.data import load_dataset
+from simudy.devices import pick_device
+from simudy.io import write_json
+from simudy.models import build_model
 
 log = logging.getLogger(__name__)
+INIT_SCHEMA = 1
+
+
+def make_theta0(cfg: ExperimentConfig, dataset: str | Path, out_dir: str | Path) -> dict:
+    """The `pretrain` stage: write `theta0.safetensors` and `init.json` (how θ0 was made)."""
+    ds = load_dataset(dataset, split=cfg.init.split)
+    torch.manual_seed(cfg.init.seed)
+    model = build_model(cfg.init.arch, ds.image_shape, len(ds.class_names), **cfg.init.model_kwargs())
+    info = {"schema": INIT_SCHEMA, "arch": cfg.init.arch, "model_kwargs": cfg.init.model_kwargs(),
+            "image_shape": list(ds.image_shape), "num_classes": len(ds.class_names), "init": cfg.section("init")}
+    if cfg.init.init == "pretrained":
+        rows = np.arange(min(cfg.init.limit or len(ds), len(ds)))
+        info["pretrain_accuracy"] = pretrain(model, ds.normalised(rows), torch.from_numpy(ds.labels[rows]), cfg.init)
+        info["pretrain_images"] = {"split": cfg.init.split, "count": len(rows)}
+    out_dir = Path(out_dir)
+    save_weights(out_dir / "theta0.safetensors", model.state_dict())
+    write_json(out_dir / "init.json", info)
+    return info
 
 
 def pretrain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: InitConfig) -> float:
     """Ordinary training in train mode (BatchNorm statistics are learnt here); returns the
-    final training accuracy. Seeded: the same config gives the same θ0."""
+    final training accuracy. Seeded: the same config gives the same θ0 on the same device."""
+    device = pick_device()
+    model.to(device)
+    x, y = x.to(device), y.to(device)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-len(x) // cfg.batch_size)
@@ -37,7 +66,7 @@ def pretrain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: InitConfig
             correct += int((out.argmax(1) == y[idx]).sum())
         acc = correct / len(x)
         log.info("pretrain epoch %d/%d loss %.4f train acc %.3f", epoch + 1, cfg.epochs, loss.item(), acc)
-    model.eval()
+    model.eval().cpu()
     return acc
 
 
@@ -46,19 +75,20 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     n, _, h, w = x.shape
     pad = max(1, h // 8)
     padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
     crops = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
-    flip = torch.rand(n, generator=gen) < 0.5
-    crops[flip] = crops[flip].flip(-1)
-    return crops
+    flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+    return torch.where(flip.view(-1, 1, 1, 1), crops.flip(-1), crops)
 
 
 def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: VictimConfig) -> list[float]:
     """The authors' victim protocol: eval mode throughout (BatchNorm is a fixed affine map),
     plain SGD (no momentum, no weight decay), shuffle off, mean cross-entropy per batch.
-    Returns the mean loss of each epoch."""
-    model.eval()
+    Returns the mean loss of each epoch; the model is left on the CPU."""
+    device = pick_device()
+    model.to(device).eval()
+    x, y = x.to(device), y.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.0, weight_decay=0.0)
     losses = []
     for epoch in range(cfg.epochs):
@@ -72,4 +102,5 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: VictimConf
             total += loss.item() * len(xb)
         losses.append(total / len(x))
         log.info("victim epoch %d/%d loss %.4f", epoch + 1, cfg.epochs, losses[-1])
+    model.cpu()
     return losses

@@ -13,16 +13,19 @@ To attack your own model, write these files yourself: `truth.npz` is needed only
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from simudy.checkpoints import State, check_compatible, load_into, load_weights
+from simudy.checkpoints import State, check_compatible, load_into, load_weights, save_weights
+from simudy.config import ExperimentConfig
+from simudy.data import Dataset, load_dataset, save_dataset, select_subset
 from simudy.errors import SimudyError
-from simudy.io import read_json
+from simudy.io import read_json, write_json
 from simudy.models import build_model
+from simudy.train import finetune
 
 META_SCHEMA = 1
 
@@ -45,6 +48,47 @@ class Victim:
     @property
     def training(self) -> dict:
         return self.meta["training"]
+
+    def to(self, device: torch.device) -> Victim:
+        move = lambda state: {k: v.to(device) for k, v in state.items()}  # noqa: E731
+        return replace(self, model=self.model.to(device), theta0=move(self.theta0), thetaf=move(self.thetaf))
+
+
+def make_victim(cfg: ExperimentConfig, dataset: str | Path, init_dir: str | Path, out_dir: str | Path) -> dict:
+    """The `finetune-victim` stage: train θ0 on the victim subset and write the bundle."""
+    init_dir, out_dir = Path(init_dir), Path(out_dir)
+    ds = load_dataset(dataset, split="train")
+    info = read_json(init_dir / "init.json")
+    model = load_into(build_from_meta(info), load_weights(init_dir / "theta0.safetensors"),
+                      init_dir / "theta0.safetensors")
+    rows = select_subset(ds.labels, cfg.victim.per_class, cfg.victim.offset, len(ds.class_names))
+    theta0 = {k: v.clone() for k, v in model.state_dict().items()}
+    losses = finetune(model, ds.normalised(rows), torch.from_numpy(ds.labels[rows]), cfg.victim)
+    meta = _metadata(cfg, info, ds, rows, losses)
+    save_weights(out_dir / "theta0.safetensors", theta0)
+    save_weights(out_dir / "thetaf.safetensors", model.state_dict())
+    save_dataset(out_dir / "truth.npz", ds.take(rows))
+    write_json(out_dir / "victim.json", meta)  # last: its presence marks a complete bundle
+    return meta
+
+
+def _metadata(cfg: ExperimentConfig, info: dict, ds: Dataset, rows, losses: list[float]) -> dict:
+    v = cfg.victim
+    return {
+        "schema": META_SCHEMA,
+        **{k: info[k] for k in ("arch", "model_kwargs", "image_shape", "num_classes")},
+        "class_names": ds.class_names,
+        "mean": ds.mean.tolist(),
+        "std": ds.std.tolist(),
+        "n_images": len(rows),
+        "training": {"epochs": v.epochs, "batch_size": v.batch_size, "lr": v.lr, "optimizer": "sgd",
+                     "momentum": 0.0, "weight_decay": 0.0, "shuffle": False, "model_mode": "eval",
+                     "loss": "cross_entropy"},
+        "subset": {"dataset": cfg.dataset, "split": "train", "per_class": v.per_class, "offset": v.offset,
+                   "indices": rows.tolist(), "source_ids": ds.source_ids[rows].tolist()},
+        "init": info["init"],
+        "epoch_losses": losses,
+    }
 
 
 def build_from_meta(meta: dict) -> nn.Module:

@@ -67,11 +67,3 @@ def get_attack(cfg: ReconstructConfig) -> Attack:
     if cfg.attack not in ATTACKS:
         raise SimudyError(f"unknown attack {cfg.attack!r}; known: {sorted(ATTACKS)}")
     return ATTACKS[cfg.attack](cfg)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SimudyError("device 'cuda' requested but no CUDA device is available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)

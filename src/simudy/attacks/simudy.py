@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from simudy.attacks.base import Attack, Reconstruction, ThreatModel, pick_device, register
+from simudy.attacks.base import Attack, Reconstruction, ThreatModel, register
+from simudy.devices import pick_device
 from simudy.errors import SimudyError
 from simudy.objectives import cosine_distance, squared_distance, total_variation
 from simudy.runstate import RunDir, RunState, fingerprint
@@ -67,45 +68,53 @@ class SimuDy(Attack):
     def run(self, victim: Victim, threat: ThreatModel, workdir: Path) -> Reconstruction:
         cfg = self.cfg
         device = pick_device(cfg.device)
-        n = cfg.n_images or threat.n_images
-        gen = torch.Generator().manual_seed(cfg.seed)
-        x = (cfg.init_scale * torch.randn((n, *threat.image_shape), generator=gen)).to(device).requires_grad_(True)
-        labels = balanced_labels(n, threat.num_classes, gen).to(device)
-        target = parameter_change(victim).to(device)
-        victim.model.to(device)
-        victim.theta0 = {k: v.to(device) for k, v in victim.theta0.items()}
+        victim = victim.to(device)
+        target = parameter_change(victim)
+        x, labels = self.initial_images(threat, device)
         opt = torch.optim.Adam([x], lr=cfg.lr, betas=tuple(cfg.betas))
-
         run = RunDir(workdir, fingerprint(cfg.model_dump(), victim.meta, target.cpu()), LOSS_COLUMNS)
         start, seconds = 0, 0.0
         if (state := run.resume()) is not None:
             start, seconds = state.step, state.seconds
-            _restore(x, opt, state.tensors, device)
+            _restore(x, opt, state.tensors)
 
-        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"simudy n={n}", mininterval=2)
+        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"simudy n={len(x)}", mininterval=2)
         for step in bar:
-            t0 = time.perf_counter()
-            lr = cyclic_cosine(cfg.lr, step, cfg.cosine_period)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            loss, parts = self.objective(victim, target, x, labels, self.plan(threat, step))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            seconds += time.perf_counter() - t0
-            loss_value = loss.item()
-            run.record({"step": step + 1, "loss": loss_value, "lr": lr, "seconds": round(seconds, 4), **parts})
-            bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+            row = self.step(victim, threat, target, x, labels, opt, step)
+            seconds += row.pop("seconds")
+            run.record({**row, "seconds": round(seconds, 4)})
+            bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
             if (step + 1) % cfg.log_every == 0:
                 log.info("step %d/%d loss %.5f distance %.5f tv %.4f lr %.2e %.3f s/step", step + 1, cfg.steps,
-                         loss_value, parts["distance"], parts["tv"], lr, seconds / (step + 1))
+                         row["loss"], row["distance"], row["tv"], row["lr"], seconds / (step + 1))
             if (step + 1) % cfg.snapshot_every == 0 or step + 1 == cfg.steps:
                 run.snapshot(RunState(step + 1, seconds, _capture(x, opt)), x.detach().cpu())
         bar.close()
-        rows = run.rows()
-        info = {"steps": cfg.steps, "seconds": seconds, "device": str(device), "n_images": n,
+        rows = run.finish()
+        info = {"steps": cfg.steps, "seconds": seconds, "device": str(device), "n_images": len(x),
                 "final_loss": float(rows[-1]["loss"]) if rows else None, "loss_rows": rows}
         return Reconstruction(images=x.detach().cpu(), labels=labels.cpu(), info=info)
+
+    def initial_images(self, threat: ThreatModel, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise images in normalised space and balanced labels (Alg. 1, lines 1-2), seeded."""
+        n = self.cfg.n_images or threat.n_images
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        x = self.cfg.init_scale * torch.randn((n, *threat.image_shape), generator=gen)
+        labels = balanced_labels(n, threat.num_classes, gen)
+        return x.to(device).requires_grad_(True), labels.to(device)
+
+    def step(self, victim: Victim, threat: ThreatModel, target: torch.Tensor, x: torch.Tensor,
+             labels: torch.Tensor, opt: torch.optim.Optimizer, step: int) -> dict:
+        """One outer step (Alg. 1, lines 6-15); returns its loss-log row."""
+        t0 = time.perf_counter()
+        lr = cyclic_cosine(self.cfg.lr, step, self.cfg.cosine_period)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss, parts = self.objective(victim, target, x, labels, self.plan(threat, step))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"step": step + 1, "loss": loss.item(), "lr": lr, **parts, "seconds": time.perf_counter() - t0}
 
 
 def _capture(x: torch.Tensor, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -117,10 +126,10 @@ def _capture(x: torch.Tensor, opt: torch.optim.Optimizer) -> dict[str, torch.Ten
     return tensors
 
 
-def _restore(x: torch.Tensor, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], device) -> None:
+def _restore(x: torch.Tensor, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
-        x.copy_(tensors["images"].to(device))
+        x.copy_(tensors["images"].to(x.device))
     if "adam_exp_avg" in tensors:
         opt.state[x] = {"step": tensors["adam_step"].reshape(()).clone(),
-                        "exp_avg": tensors["adam_exp_avg"].to(device),
-                        "exp_avg_sq": tensors["adam_exp_avg_sq"].to(device)}
+                        "exp_avg": tensors["adam_exp_avg"].to(x.device),
+                        "exp_avg_sq": tensors["adam_exp_avg_sq"].to(x.device)}
