@@ -7,6 +7,8 @@ rule pretrain:
     params:
         registry=REGISTRY,
         init=section("init"),
+    resources:
+        gpu=1,
     conda:
         ENV
     threads: workflow.cores
@@ -31,6 +33,8 @@ rule finetune_victim:
     params:
         registry=REGISTRY,
         victim=section("victim"),
+    resources:
+        gpu=1,
     conda:
         ENV
     threads: workflow.cores
