@@ -106,7 +106,8 @@ def write_table(rows: list[pd.DataFrame], path) -> pd.DataFrame:
     """Collect table rows into one markdown table. The profile column says which scale produced
     each number: a `cpu` row is never a reproduction of the paper's value."""
     table = pd.concat(rows, ignore_index=True)[ROW_COLUMNS].sort_values(["experiment", "profile", "attack"])
-    text = "# Results\n\n" + table.to_markdown(index=False, floatfmt=".4f") + "\n"
+    cells = table.astype(object).where(table.notna(), None)  # blank, not "nan", where the paper has no value
+    text = "# Results\n\n" + cells.to_markdown(index=False, floatfmt=".4f", missingval="") + "\n"
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return table
