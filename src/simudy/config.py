@@ -12,6 +12,7 @@ against the models below, which reject unknown keys and wrong types.
 from __future__ import annotations
 
 import copy
+from functools import reduce
 from pathlib import Path
 from typing import Any, Literal
 
@@ -122,35 +123,30 @@ class ExperimentConfig(Strict):
 Overrides = dict[str, Any]
 
 
-class ProfileOverrides(Strict):
+class Sections(Strict):
+    """Partial values for each section; all four must be present (`{}` where nothing changes)."""
+
     init: Overrides
     victim: Overrides
     reconstruct: Overrides
     evaluate: Overrides
 
 
-class ExperimentEntry(Strict):
+class ExperimentEntry(Sections):
     title: str
     dataset: str
-    init: Overrides
-    victim: Overrides
-    reconstruct: Overrides
-    evaluate: Overrides
-    profiles: dict[str, ProfileOverrides]
+    profiles: dict[str, Sections]
 
 
 class Registry(Strict):
     active_profile: str
     datasets: dict[str, DatasetConfig]
-    defaults: dict[str, Overrides]
+    defaults: Sections
     experiments: dict[str, ExperimentEntry]
     _source: str = PrivateAttr(default="<registry>")
 
     @model_validator(mode="after")
     def _consistent(self) -> Registry:
-        missing = [s for s in SECTIONS if s not in self.defaults]
-        if missing:
-            raise ValueError(f"defaults lacks section(s) {missing}")
         for name, exp in self.experiments.items():
             if exp.dataset not in self.datasets:
                 raise ValueError(f"experiment {name!r} uses unknown dataset {exp.dataset!r}")
@@ -166,11 +162,8 @@ class Registry(Strict):
             raise SimudyError(
                 f"{self._source}: experiment {experiment!r} has no profile {profile!r}; known: {sorted(entry.profiles)}"
             )
-        over = entry.profiles[profile]
-        merged = {
-            s: _deep_merge(_deep_merge(self.defaults[s], getattr(entry, s)), getattr(over, s))
-            for s in SECTIONS
-        }
+        layers = (self.defaults, entry, entry.profiles[profile])
+        merged = {s: reduce(_deep_merge, (getattr(layer, s) for layer in layers), {}) for s in SECTIONS}
         try:
             return ExperimentConfig(
                 name=experiment,
@@ -218,8 +211,6 @@ def load_registry(path: str | Path = DEFAULT_REGISTRY) -> Registry:
         registry = Registry(**raw)
     except ValidationError as err:
         raise SimudyError(f"{path}: {_format(err)}") from None
-    except ValueError as err:
-        raise SimudyError(f"{path}: {err}") from None
     registry._source = str(path)
     return registry
 

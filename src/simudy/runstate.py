@@ -4,7 +4,8 @@ bit-for-bit where an uninterrupted one would.
 A work directory holds `resume.safetensors` (the optimised tensors, the optimiser's state and
 the step), `loss.partial.csv` (one row per step up to the snapshot) and `snapshots/` (the
 images every N steps, for plots of the reconstruction over time). A fingerprint of the
-configuration and the victim guards against resuming a different run.
+configuration and the victim guards against resuming a different run; a finished run drops its
+resume state, so that running it again recomputes.
 """
 
 from __future__ import annotations
