@@ -212,6 +212,9 @@ def load_registry(path: str | Path = DEFAULT_REGISTRY) -> Registry:
     except ValidationError as err:
         raise SimudyError(f"{path}: {_format(err)}") from None
     registry._source = str(path)
+    for name, entry in registry.experiments.items():  # a mistake anywhere in the file fails here
+        for profile in entry.profiles:
+            registry.resolve(name, profile)
     return registry
 
 
