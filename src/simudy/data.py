@@ -204,7 +204,7 @@ def _read_source(name: str, cfg: DatasetConfig, local: str | None):
         path = local or cfg.path
         if not path:
             raise SimudyError(f"dataset {name!r}: imagefolder source needs a path (or SIMUDY_DATA_{name.upper()})")
-        return {s: _read_imagefolder(Path(path), s) for s in SPLITS}
+        return _read_imagefolder(Path(path))
     tarball = Path(local) if local else _download(cfg.url or CIFAR10_URL, name)
     return _read_cifar10_tarball(tarball, cfg.md5 or CIFAR10_MD5)
 
@@ -222,8 +222,9 @@ def _keep_classes(raw: RawSplit, classes: list[int] | None) -> RawSplit:
 def _norm_constants(cfg: DatasetConfig, train_images: np.ndarray):
     if cfg.mean is not None and cfg.std is not None:
         return np.array(cfg.mean, np.float32), np.array(cfg.std, np.float32)
-    x = train_images.astype(np.float64) / 255.0
-    return x.mean(axis=(0, 1, 2)).astype(np.float32), x.std(axis=(0, 1, 2)).astype(np.float32)
+    mean = train_images.mean(axis=(0, 1, 2), dtype=np.float64) / 255.0
+    std = train_images.std(axis=(0, 1, 2), dtype=np.float64) / 255.0
+    return mean.astype(np.float32), std.astype(np.float32)
 
 
 def _read_digits():
@@ -314,31 +315,33 @@ def _unpack_cifar10(path: Path, md5: str) -> dict[str, RawSplit]:
     return out
 
 
-def _read_imagefolder(path: Path, split: str):
-    """Read `<root>/<split>/<class>/<file>` from a directory or a zip (root may be nested)."""
+def _read_imagefolder(path: Path) -> dict[str, RawSplit]:
+    """Read `<root>/{train,test}/<class>/<file>` from a directory or a zip (root may be nested)."""
     if not path.exists():
         raise SimudyError(f"{path}: image folder not found")
-    images_by_split: dict[str, dict[str, list[str]]] = {s: {} for s in SPLITS}
+    files: dict[str, dict[str, list[str]]] = {s: {} for s in SPLITS}  # split -> class -> files
     for rel in _list_folder(path):
         parts = PurePosixPath(rel).parts
         if len(parts) >= 3 and parts[-3] in SPLITS and PurePosixPath(rel).suffix.lower() in IMAGE_SUFFIXES:
-            images_by_split[parts[-3]].setdefault(parts[-2], []).append(rel)
-    by_class = images_by_split[split]
-    if not by_class:
-        raise SimudyError(f"{path}: no images under {split}/<class>/ (expected <root>/{{train,test}}/<class>/<files>)")
-    all_classes = set().union(*images_by_split.values())
-    missing = sorted(all_classes - set(by_class))
-    if missing:
-        raise SimudyError(f"{path}: split {split!r} has no images for class(es) {missing}")
-    classes = sorted(by_class)
-    rows = []  # (rank within class, class index, path)
-    for ci, c in enumerate(classes):
-        rows += [(rank, ci, rel) for rank, rel in enumerate(sorted(by_class[c]))]
-    rows.sort()
+            files[parts[-3]].setdefault(parts[-2], []).append(rel)
+    classes = sorted(set().union(*files.values()))
+    for split, by_class in files.items():
+        if not by_class:
+            raise SimudyError(f"{path}: no images under {split}/<class>/ (expected <root>/{{train,test}}/<class>/)")
+        missing = sorted(set(classes) - set(by_class))
+        if missing:
+            raise SimudyError(f"{path}: split {split!r} has no images for class(es) {missing}")
+    return {split: _folder_split(path, by_class, classes) for split, by_class in files.items()}
+
+
+def _folder_split(path: Path, by_class: dict[str, list[str]], classes: list[str]) -> RawSplit:
+    rows = sorted(  # (rank within class, class index, path): every prefix stays balanced
+        (rank, ci, rel) for ci, c in enumerate(classes) for rank, rel in enumerate(sorted(by_class[c]))
+    )
     images = _decode_all(path, [r[2] for r in rows])
     labels = np.array([r[1] for r in rows], np.int64)
-    extra = {"source": "imagefolder", "origin": str(path)}
-    return RawSplit(images, labels, classes, np.array([r[2] for r in rows]), extra)
+    provenance = {"source": "imagefolder", "origin": str(path)}
+    return RawSplit(images, labels, classes, np.array([r[2] for r in rows]), provenance)
 
 
 def _list_folder(path: Path) -> list[str]:

@@ -47,7 +47,6 @@ def simulate(
     """Run `plan` from `theta0` on `images` in their given order (shuffle off)."""
     buffers = dict(model.named_buffers())
     params = {k: v.detach().requires_grad_(True) for k, v in theta0.items()}
-    names = list(params)
     grad_sum = [torch.zeros_like(p) for p in params.values()]
     clipped = 0
     for _ in range(plan.epochs):
@@ -60,7 +59,7 @@ def simulate(
             clipped += was_clipped
             params = {n: p - plan.lr * g for (n, p), g in zip(params.items(), grads)}
             grad_sum = [s + g for s, g in zip(grad_sum, grads)]
-    return Simulation(grad_sum=grad_sum, final={n: params[n] for n in names}, clipped_steps=clipped)
+    return Simulation(grad_sum=grad_sum, final=params, clipped_steps=clipped)
 
 
 def _clip(grads: tuple[torch.Tensor, ...], plan: TrainingPlan) -> tuple[list[torch.Tensor], bool]:

@@ -25,6 +25,7 @@ from simudy.data import Dataset, load_dataset, save_dataset, select_subset
 from simudy.errors import SimudyError
 from simudy.io import read_json, write_json
 from simudy.models import build_model
+from simudy.simulate import flatten
 from simudy.train import finetune
 
 META_SCHEMA = 1
@@ -111,4 +112,4 @@ def load_victim(victim_dir: str | Path) -> Victim:
 
 def parameter_change(victim: Victim) -> torch.Tensor:
     """θ0 − θf flattened over the trainable parameters, in `named_parameters` order."""
-    return torch.cat([(victim.theta0[n] - victim.thetaf[n]).reshape(-1) for n in victim.theta0])
+    return flatten([victim.theta0[n] - victim.thetaf[n] for n in victim.theta0])

@@ -31,9 +31,9 @@ class ThreatModel:
     hyperparams: TrainingHyperparams | None
 
     @classmethod
-    def from_victim(cls, victim: Victim, with_hyperparams: bool = True) -> ThreatModel:
+    def from_victim(cls, victim: Victim) -> ThreatModel:
         t = victim.training
-        hp = TrainingHyperparams(t["epochs"], t["batch_size"], t["lr"]) if with_hyperparams else None
+        hp = TrainingHyperparams(t["epochs"], t["batch_size"], t["lr"])
         return cls(int(victim.meta["n_images"]), victim.image_shape, victim.num_classes, hp)
 
 
