@@ -1,5 +1,5 @@
-# The SimuDy pipeline: fetch-data -> pretrain -> finetune-victim -> reconstruct (gpu=1)
-#                      -> pair-by-SSIM -> report / table.
+# The SimuDy pipeline: fetch-data -> pretrain -> finetune-victim -> reconstruct, per method (gpu=1)
+#                      -> pair-by-SSIM -> report (methods side by side) / tables.
 # Experiments and parameters come from the registry (params/experiments.yaml), the same file
 # dvc.yaml reads. Rules only call the `simudy` CLI; all logic lives in src/simudy.
 #   snakemake fig1 --cores all --resources gpu=1                 # fig1 at the active profile
@@ -22,6 +22,8 @@ wildcard_constraints:
     experiment="|".join(REG.experiments),
     dataset="|".join(REG.datasets),
     profile=r"[A-Za-z0-9_]+",
+    method=r"[A-Za-z0-9_]+",
+    group="|".join(REG.groups) or "(?!)",
 
 
 rule all:

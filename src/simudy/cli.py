@@ -41,9 +41,9 @@ def cmd_finetune_victim(a) -> None:
 
 
 def cmd_reconstruct(a) -> None:
-    info = reconstruct(_experiment(a).reconstruct, a.victim_dir, a.out_dir, a.work_dir)
-    log.info("%d steps in %.1f s (%.3f s/step) on %s", info["steps"], info["seconds"], info["seconds_per_step"],
-             info["device"])
+    info = reconstruct(_experiment(a).reconstruct, a.method, a.victim_dir, a.out_dir, a.work_dir)
+    log.info("%s: %d steps in %.1f s (%.3f s/step) on %s", a.method, info["steps"], info["seconds"],
+             info["seconds_per_step"], info["device"])
 
 
 def cmd_pair(a) -> None:
@@ -53,11 +53,11 @@ def cmd_pair(a) -> None:
 
 
 def cmd_report(a) -> None:
-    report.make_report(_experiment(a), a.victim_dir, a.reconstruct_dir, a.evaluate_dir, a.out_dir)
+    report.make_report(_experiment(a), a.victim_dir, a.reconstruct_root, a.evaluate_root, a.out_dir, a.metrics_out)
 
 
 def cmd_table(a) -> None:
-    report.write_table([pd.read_csv(p) for p in a.rows], a.out)
+    report.write_table([pd.read_csv(p) for p in a.rows], a.out, a.methods)
 
 
 def cmd_show_config(a) -> None:
@@ -98,13 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
         data="canonical dataset file", out_dir="output directory")
     add("finetune-victim", cmd_finetune_victim, "train the victim from θ0 with the authors' protocol",
         data="canonical dataset file", init_dir="θ0 directory", out_dir="victim directory")
-    add("reconstruct", cmd_reconstruct, "run the configured attack on a victim",
+    add("reconstruct", cmd_reconstruct, "run one of the experiment's attacks on a victim", method="method name",
         victim_dir="victim directory", out_dir="output directory", work_dir="snapshot directory (resume)")
     add("pair", cmd_pair, "pair reconstructions with training images by SSIM", experiment=False,
         victim_dir="victim directory", reconstruct_dir="reconstruction directory", out_dir="output directory")
-    add("report", cmd_report, "figures and the results table row", victim_dir="victim directory",
-        reconstruct_dir="reconstruction directory", evaluate_dir="evaluation directory", out_dir="output directory")
+    add("report", cmd_report, "figures, table rows and metrics over the experiment's methods",
+        victim_dir="victim directory", reconstruct_root="folder of per-method reconstructions",
+        evaluate_root="folder of per-method evaluations", out_dir="output directory", metrics_out="metrics .json")
     t = add("table", cmd_table, "collect table rows into a markdown table", experiment=False, out="output .md")
+    t.add_argument("--methods", nargs="+", help="keep only these methods' rows")
     t.add_argument("rows", nargs="+")
     add("show-config", cmd_show_config, "print an experiment's effective configuration")
     c = add("import-checkpoint", cmd_import_checkpoint, "convert a torch checkpoint to safetensors", experiment=False)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 from functools import reduce
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
@@ -59,25 +59,44 @@ class InitConfig(Strict):
     momentum: float
     weight_decay: float
     augment: bool
+    outputs: int | None = None  # model outputs; None = one per class (1 for a binary logistic model)
+    # Haim et al.'s victims start from a small first layer (their init scaled by 1e-4).
+    first_layer_scale: float = Field(default=1.0, gt=0)
 
     def model_kwargs(self) -> dict[str, Any]:
         return {k: v for k, v in {"width": self.width, "hidden": self.hidden}.items() if v is not None}
 
 
 class VictimConfig(Strict):
-    """The victim's fine-tuning, following the authors' protocol exactly."""
+    """The victim's training. The defaults are the SimuDy authors' protocol; the options give
+    other methods' recipes (Haim et al.: binary task, logistic loss, full-batch GD to
+    convergence) without another code path."""
 
     per_class: int = Field(ge=0)
     offset: int = Field(ge=0)
+    max_images: int | None = Field(default=None, ge=1)  # keep only the first ones of the subset
+    # Merge classes into new ones, e.g. {vehicle: [airplane, ...], animal: [...]}; in this order.
+    groups: dict[str, list[str]] | None = None
+    loss: Literal["cross_entropy", "logistic"] = "cross_entropy"  # logistic: one output, labels ±1
     epochs: int = Field(ge=1)
+    stop_loss: float | None = Field(default=None, gt=0)  # stop early once an epoch's mean loss is below
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
 
 
-class ReconstructConfig(Strict):
-    attack: Literal["simudy"]
+class AttackConfig(Strict):
+    """Settings every attack shares: the run's length, seed, device and bookkeeping."""
+
     steps: int = Field(ge=1)
-    n_images: int | None = None  # dummy-set size; None = the victim's dataset size
+    n_images: int | None = None  # how many training images to reconstruct; None = the victim's dataset size
+    seed: int
+    device: Literal["auto", "cpu", "cuda"]
+    snapshot_every: int = Field(ge=1)
+    log_every: int = Field(ge=1)
+
+
+class SimuDyConfig(AttackConfig):
+    attack: Literal["simudy"]
     init_scale: float  # dummy images ~ init_scale * N(0, 1) in normalised space
     sim_epochs: int = Field(ge=1)
     sim_batch_size: int | None = None  # None = the victim's
@@ -90,16 +109,103 @@ class ReconstructConfig(Strict):
     lr: float = Field(gt=0)
     betas: list[float]
     cosine_period: int = Field(ge=1)  # T_max of the cyclic cosine schedule, in steps
-    snapshot_every: int = Field(ge=1)
-    log_every: int = Field(ge=1)
-    seed: int
-    device: Literal["auto", "cpu", "cuda"]
+
+
+Point = Literal["theta0", "thetaf"]
+
+
+class MatchingConfig(AttackConfig):
+    """Attacks that explain the parameters as a weighted sum of per-candidate gradients."""
+
+    candidates: float = Field(ge=1)  # candidate images per training image (2x in all three papers)
+    init_scale: float  # candidate images ~ init_scale * N(0, 1) in normalised space
+    box_weight: float = Field(ge=0)  # penalty on pixels outside the valid range
+
+
+class LooConfig(MatchingConfig):
+    """Loo et al. 2024: θf − θ0 ≈ Σ_p ∇θ Σ_i α_p,i · f(x_i; θ_p) with a dual per output."""
+
+    attack: Literal["loo"]
+    points: list[Point] = Field(min_length=1)  # [theta0, thetaf] = "init + final"; [thetaf] = final only
+    dual_init: float = Field(gt=0)  # duals start ~ U[−dual_init, dual_init]
+    hf_weight: float = Field(ge=0)  # high-frequency penalty (for fine-tuned models)
+    softplus_beta: list[float] = Field(min_length=2, max_length=2)  # sharpness at the first and last step
+    lr: float = Field(gt=0)
+
+
+class KKTConfig(MatchingConfig):
+    """Haim et al. 2022 (binary) and Buzaglo et al. 2024 (multiclass): the stationarity (KKT)
+    condition of margin maximisation, θ ≈ Σ_i λ_i ∇θ margin_i with λ_i ≥ 0."""
+
+    attack: Literal["kkt"]
+    target: Literal["thetaf", "change"]  # θf (trained from a small init) or θf − θ0 (fine-tuned)
+    lambda_init: float = Field(gt=0)  # λ starts ~ U[0, lambda_init]
+    lambda_min: float = Field(ge=0)
+    lambda_weight: float = Field(ge=0)  # weight of Σ relu(λ_min − λ)²
+    relu_grad_alpha: float = Field(gt=0)  # ReLU's backward pass becomes sigmoid(α·x)
+    lr: float = Field(gt=0)  # SGD on the images
+    lambda_lr: float = Field(gt=0)  # SGD on λ
+    momentum: float = Field(ge=0, lt=1)
+
+
+class WeightedCEConfig(MatchingConfig):
+    """The SimuDy authors' comparison variants of Loo and Buzaglo: θ0 − θf ≈ Σ_p Σ_i λ_p,i
+    ∇θ CE(x_i, y_i; θ_p) with unconstrained scalars λ, an L2 loss that switches to cosine."""
+
+    attack: Literal["weighted_ce"]
+    points: list[Point] = Field(min_length=1)  # [theta0, thetaf] = their "Loo"; [thetaf] = their "Buzaglo"
+    lambda_init: float = Field(gt=0)  # λ starts ~ U[0, lambda_init]
+    l2_steps: int = Field(ge=0)  # L2 for this many steps, then cosine
+    cosine_weight: float = Field(gt=0)
+    tv_weight: float = Field(ge=0)
+    lr: float = Field(gt=0)
+
+
+class GradInvConfig(AttackConfig):
+    """Geiping et al. 2020 on the one-step special case: the parameter change is one gradient."""
+
+    attack: Literal["gradinv"]
+    init_scale: float
+    labels: Literal["infer", "balanced"]  # infer = iDLG's reading of the last layer's gradient
+    tv_weight: float = Field(ge=0)
+    lr: float = Field(gt=0)  # Adam on the signed gradient, decayed x0.1 at 3/8, 5/8, 7/8 of the run
+
+
+AnyAttack = Annotated[
+    SimuDyConfig | LooConfig | KKTConfig | WeightedCEConfig | GradInvConfig, Field(discriminator="attack")
+]
+
+
+class ThreatConfig(Strict):
+    """What the attacker is granted besides the released θf (the paper's protocol: all of it)."""
+
+    theta0: bool  # the initial parameters
+    hyperparams: bool  # the victim's epochs, batch size, learning rate and loss
+    dataset_size: bool  # how many images the victim was trained on
+
+
+class ReconstructConfig(Strict):
+    methods: list[str] = Field(min_length=1)  # which entries of `attacks` this experiment runs
+    threat: ThreatConfig
+    attacks: dict[str, AnyAttack]  # named, configured attacks: the paper's values by default
+
+    @model_validator(mode="after")
+    def _known_methods(self) -> ReconstructConfig:
+        unknown = [m for m in self.methods if m not in self.attacks]
+        if unknown:
+            raise ValueError(f"methods {unknown} are not configured under attacks (known: {sorted(self.attacks)})")
+        return self
+
+    def method(self, name: str) -> AnyAttack:
+        if name not in self.methods:
+            raise SimudyError(f"method {name!r} is not run by this experiment; its methods: {self.methods}")
+        return self.attacks[name]
 
 
 class EvaluateConfig(Strict):
     show: int = Field(ge=1)  # reconstructions shown in the figure (best first)
     columns: int = Field(ge=1)
-    paper_ssim: float | None = None  # the paper's reported value, printed beside ours
+    paper_ssim: dict[str, float] = {}  # the paper's reported value per method, printed beside ours
     paper_ref: str | None = None
 
 
@@ -115,6 +221,15 @@ class ExperimentConfig(Strict):
     victim: VictimConfig
     reconstruct: ReconstructConfig
     evaluate: EvaluateConfig
+
+    @model_validator(mode="after")
+    def _binary_models(self) -> ExperimentConfig:
+        binary = self.victim.loss == "logistic"
+        if binary != (self.init.outputs == 1):
+            raise ValueError("a logistic-loss victim needs init.outputs 1, and a one-output model a logistic loss")
+        if binary and 2 not in (len(self.victim.groups or {}), len(self.data.classes or [])):
+            raise ValueError("a logistic-loss victim needs two classes (victim.groups or the dataset's classes)")
+        return self
 
     def section(self, name: str) -> dict[str, Any]:
         return getattr(self, name).model_dump()
@@ -138,11 +253,19 @@ class ExperimentEntry(Sections):
     profiles: dict[str, Sections]
 
 
+class Group(Strict):
+    """A target collecting some methods' results across experiments (e.g. all `sizes`)."""
+
+    experiments: list[str] = Field(min_length=1)
+    methods: list[str] = Field(min_length=1)
+
+
 class Registry(Strict):
     active_profile: str
     datasets: dict[str, DatasetConfig]
     defaults: Sections
     experiments: dict[str, ExperimentEntry]
+    groups: dict[str, Group] = {}
     _source: str = PrivateAttr(default="<registry>")
 
     @model_validator(mode="after")
@@ -152,6 +275,12 @@ class Registry(Strict):
                 raise ValueError(f"experiment {name!r} uses unknown dataset {exp.dataset!r}")
             if self.active_profile not in exp.profiles:
                 raise ValueError(f"experiment {name!r} has no profile {self.active_profile!r}")
+        for name, group in self.groups.items():
+            if name in self.experiments:
+                raise ValueError(f"group {name!r} has the name of an experiment")
+            unknown = sorted(set(group.experiments) - self.experiments.keys())
+            if unknown:
+                raise ValueError(f"group {name!r} names unknown experiments {unknown}")
         return self
 
     def resolve(self, experiment: str, profile: str) -> ExperimentConfig:

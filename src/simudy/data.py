@@ -61,6 +61,20 @@ class Dataset:
         return replace(self, images=self.images[rows], labels=self.labels[rows], split=self.split[rows],
                        source_ids=self.source_ids[rows])
 
+    def grouped(self, groups: dict[str, list[str]]) -> Dataset:
+        """Classes merged into `groups` (new name -> old class names), in the order given;
+        images of classes in no group are dropped."""
+        index = {name: i for i, name in enumerate(self.class_names)}
+        unknown = sorted({c for members in groups.values() for c in members} - index.keys())
+        if unknown:
+            raise SimudyError(f"groups name unknown classes {unknown}; classes: {self.class_names}")
+        remap = np.full(len(self.class_names), -1)
+        for new, members in enumerate(groups.values()):
+            remap[[index[c] for c in members]] = new
+        labels = remap[self.labels]
+        keep = labels >= 0
+        return replace(self.take(keep), labels=labels[keep], class_names=list(groups))
+
     def __len__(self) -> int:
         return len(self.labels)
 

@@ -6,7 +6,8 @@ The CIFAR ResNets follow the layout of the widely used pytorch-cifar code (`conv
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,53 @@ def build_model(arch: str, image_shape: tuple[int, int, int], num_classes: int, 
     return _REGISTRY[arch](image_shape=tuple(image_shape), num_classes=num_classes, **kwargs)
 
 
+# -- activations ------------------------------------------------------------------------------
+
+
+class Activation(nn.Module):
+    """ReLU by default. Some attacks differentiate through a smoothed network instead:
+    `softplus` (Loo et al., sharpened towards ReLU over the run) or `relu_sigmoid_grad`
+    (Haim et al.: ReLU forward, sigmoid(α·x) as its derivative). Stateless, so checkpoints
+    do not see it."""
+
+    def __init__(self):
+        super().__init__()
+        self.kind, self.sharpness = "relu", 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "softplus":
+            return F.softplus(x, beta=self.sharpness)
+        if self.kind == "relu_sigmoid_grad":
+            # relu(x) in value; the derivative of softplus(α·x)/α, i.e. sigmoid(α·x), in gradient.
+            smooth = F.softplus(x, beta=self.sharpness)
+            return F.relu(x).detach() + smooth - smooth.detach()
+        return F.relu(x)
+
+    def extra_repr(self) -> str:
+        return f"{self.kind}, sharpness={self.sharpness}"
+
+
+@contextmanager
+def activation(model: nn.Module, kind: str, sharpness: float = 1.0) -> Iterator[nn.Module]:
+    """Temporarily swap every `Activation` of `model`."""
+    acts = [m for m in model.modules() if isinstance(m, Activation)]
+    saved = [(a.kind, a.sharpness) for a in acts]
+    for a in acts:
+        a.kind, a.sharpness = kind, sharpness
+    try:
+        yield model
+    finally:
+        for a, (k, s) in zip(acts, saved):
+            a.kind, a.sharpness = k, s
+
+
+def scale_first_layer(model: nn.Module, factor: float) -> None:
+    """Multiply the first layer's weights by `factor` (Haim et al.'s small initialisation)."""
+    first = next(m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+    with torch.no_grad():
+        first.weight.mul_(factor)
+
+
 # -- MLP --------------------------------------------------------------------------------------
 
 
@@ -49,11 +97,12 @@ class MLP(nn.Module):
         widths = [in_features, *hidden]
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.out = nn.Linear(widths[-1], num_classes)
+        self.act = Activation()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
         for layer in self.hidden:
-            x = F.relu(layer(x))
+            x = self.act(layer(x))
         return self.out(x)
 
 
@@ -76,11 +125,12 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = _shortcut(in_planes, planes * self.expansion, stride)
+        self.act = Activation()
 
     def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.act(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return self.act(out + self.shortcut(x))
 
 
 class Bottleneck(nn.Module):
@@ -95,12 +145,13 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.shortcut = _shortcut(in_planes, planes * self.expansion, stride)
+        self.act = Activation()
 
     def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.act(self.bn1(self.conv1(x)))
+        out = self.act(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return F.relu(out + self.shortcut(x))
+        return self.act(out + self.shortcut(x))
 
 
 def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module:
@@ -124,6 +175,7 @@ class ResNet(nn.Module):
         self.layer3 = self._stage(block, 4 * width, num_blocks[2], 2)
         self.layer4 = self._stage(block, 8 * width, num_blocks[3], 2)
         self.linear = nn.Linear(8 * width * block.expansion, num_classes)
+        self.act = Activation()
 
     def _stage(self, block, planes: int, n: int, stride: int) -> nn.Sequential:
         layers = []
@@ -133,7 +185,7 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.act(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.linear(out)

@@ -1,5 +1,6 @@
-"""The simulate-and-reconstruct stage: run the configured attack on a victim bundle and write
-`reconstruction.safetensors` (images in normalised space, and labels), `loss.csv` and `run.json`."""
+"""The simulate-and-reconstruct stage: run one of an experiment's attacks on a victim bundle and
+write `reconstruction.safetensors` (images in normalised space, and labels where the attack
+assigns them), `loss.csv` and `run.json`."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from simudy.io import atomic_path, write_json
 from simudy.victim import load_victim
 
 
-def reconstruct(cfg: ReconstructConfig, victim_dir: str | Path, out_dir: str | Path, work_dir: str | Path) -> dict:
+def reconstruct(cfg: ReconstructConfig, method: str, victim_dir: str | Path, out_dir: str | Path,
+                work_dir: str | Path) -> dict:
     victim = load_victim(victim_dir)
-    attack = get_attack(cfg)
-    result = attack.run(victim, ThreatModel.from_victim(victim), Path(work_dir))
+    attack = get_attack(cfg.method(method))
+    result = attack.run(victim, ThreatModel.from_victim(victim, cfg.threat), Path(work_dir))
     out_dir = Path(out_dir)
     rows = result.info.pop("loss_rows")
     with atomic_path(out_dir / "loss.csv") as tmp, open(tmp, "w", newline="") as fh:
@@ -29,7 +31,7 @@ def reconstruct(cfg: ReconstructConfig, victim_dir: str | Path, out_dir: str | P
     if result.labels is not None:
         tensors["labels"] = result.labels
     save_weights(out_dir / "reconstruction.safetensors", tensors)
-    info = {"attack": attack.name, **result.info, "threads": torch.get_num_threads(),
+    info = {"method": method, "attack": attack.name, **result.info, "threads": torch.get_num_threads(),
             "seconds_per_step": result.info["seconds"] / max(1, result.info["steps"])}
     write_json(out_dir / "run.json", info)
     return info

@@ -1,7 +1,9 @@
-"""Figures and tables: the paper's Fig. 1 layout, the loss curve, and results table rows."""
+"""Figures and tables: the methods side by side, the paper's Fig. 1 layout per method, loss
+curves, and results table rows."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -14,43 +16,103 @@ import pandas as pd  # noqa: E402
 from simudy.checkpoints import load_weights  # noqa: E402
 from simudy.config import ExperimentConfig  # noqa: E402
 from simudy.data import load_dataset  # noqa: E402
-from simudy.io import atomic_path, read_json  # noqa: E402
+from simudy.io import atomic_path, read_json, write_json  # noqa: E402
 from simudy.pairing import channels_last, to_pixels  # noqa: E402
 
-ROW_COLUMNS = ["experiment", "profile", "attack", "model", "n_images", "steps", "ssim", "paper_ssim",
-               "paper_ref", "ssim_hungarian", "ssim_pixel", "psnr_pixel", "seconds", "seconds_per_step"]
+ROW_COLUMNS = ["experiment", "profile", "method", "attack", "model", "n_images", "n_recon", "steps", "ssim",
+               "paper_ssim", "paper_ref", "ssim_hungarian", "ssim_pixel", "psnr_pixel", "frac_ssim_ge_0.4", "seconds",
+               "seconds_per_step"]
 
 
-def make_report(cfg: ExperimentConfig, victim_dir, reconstruct_dir, evaluate_dir, out_dir) -> pd.DataFrame:
-    """The report stage: `figure.png` (Fig. 1 layout), `loss.png` and the table row `row.csv`."""
-    rec_dir, ev_dir, out_dir = Path(reconstruct_dir), Path(evaluate_dir), Path(out_dir)
+@dataclass
+class MethodResult:
+    name: str
+    recon_px: np.ndarray  # channels-last [0, 1] pixels
+    pairs: pd.DataFrame
+    loss: pd.DataFrame
+    run: dict
+    metrics: dict
+
+
+def make_report(cfg: ExperimentConfig, victim_dir, reconstruct_root, evaluate_root, out_dir, metrics_out) -> pd.DataFrame:
+    """The report stage, over all of the experiment's methods: `figure.png` (the training images
+    above each method's matched reconstruction, as in the paper's comparison figures),
+    `<method>.png` (Fig. 1 layout), `loss.png`, `rows.csv` (a table row per method) and the
+    experiment's `metrics.json` (per method; DVC metrics)."""
+    out_dir = Path(out_dir)
     truth = load_dataset(Path(victim_dir) / "truth.npz")
-    recon = load_weights(rec_dir / "reconstruction.safetensors")["images"]
-    run, metrics = read_json(rec_dir / "run.json"), read_json(ev_dir / "metrics.json")
     pixels = lambda x: to_pixels(channels_last(x), truth.mean, truth.std)  # noqa: E731
-    reconstruction_figure(out_dir / "figure.png", pixels(recon), pixels(truth.normalised()),
-                          pd.read_csv(ev_dir / "pairs.csv"), _title(cfg, run, metrics),
-                          cfg.evaluate.show, cfg.evaluate.columns)
-    loss_figure(out_dir / "loss.png", pd.read_csv(rec_dir / "loss.csv"), f"{cfg.title} [{cfg.profile}]")
-    row = pd.DataFrame([{
-        "experiment": cfg.name, "profile": cfg.profile, "attack": run["attack"], "model": cfg.init.arch,
-        "n_images": metrics["n_train"], "steps": run["steps"], "ssim": metrics["ssim"],
-        "paper_ssim": cfg.evaluate.paper_ssim, "paper_ref": cfg.evaluate.paper_ref,
-        "ssim_hungarian": metrics["ssim_hungarian"], "ssim_pixel": metrics["ssim_pixel"],
-        "psnr_pixel": metrics["psnr_pixel"], "seconds": run["seconds"], "seconds_per_step": run["seconds_per_step"],
-    }])[ROW_COLUMNS]
-    with atomic_path(out_dir / "row.csv") as tmp:
-        row.to_csv(tmp, index=False)
-    return row
+    train_px = pixels(truth.normalised())
+    results = [_load(m, Path(reconstruct_root) / m, Path(evaluate_root) / m, pixels) for m in cfg.reconstruct.methods]
+    for r in results:
+        reconstruction_figure(out_dir / f"{r.name}.png", r.recon_px, train_px, r.pairs, _title(cfg, r),
+                              cfg.evaluate.show, cfg.evaluate.columns)
+    comparison_figure(out_dir / "figure.png", train_px, results, f"{cfg.title} [{cfg.profile} profile]",
+                      cfg.evaluate.show, cfg.evaluate.columns)
+    loss_figure(out_dir / "loss.png", results, f"{cfg.title} [{cfg.profile}]")
+    rows = pd.DataFrame([_row(cfg, r) for r in results])[ROW_COLUMNS]
+    with atomic_path(out_dir / "rows.csv") as tmp:
+        rows.to_csv(tmp, index=False)
+    write_json(metrics_out, {r.name: r.metrics for r in results})
+    return rows
 
 
-def _title(cfg: ExperimentConfig, run: dict, metrics: dict) -> str:
+def _load(method: str, rec_dir: Path, ev_dir: Path, pixels) -> MethodResult:
+    recon = load_weights(rec_dir / "reconstruction.safetensors")["images"]
+    return MethodResult(method, pixels(recon), pd.read_csv(ev_dir / "pairs.csv"), pd.read_csv(rec_dir / "loss.csv"),
+                        read_json(rec_dir / "run.json"), read_json(ev_dir / "metrics.json"))
+
+
+def _row(cfg: ExperimentConfig, r: MethodResult) -> dict:
+    m, run = r.metrics, r.run
+    return {
+        "experiment": cfg.name, "profile": cfg.profile, "method": r.name, "attack": run["attack"],
+        "model": cfg.init.arch, "n_images": m["n_train"], "n_recon": m["n_recon"], "steps": run["steps"],
+        "ssim": m["ssim"], "paper_ssim": cfg.evaluate.paper_ssim.get(r.name), "paper_ref": cfg.evaluate.paper_ref,
+        "ssim_hungarian": m["ssim_hungarian"], "ssim_pixel": m["ssim_pixel"], "psnr_pixel": m["psnr_pixel"],
+        "frac_ssim_ge_0.4": m["frac_ssim_ge_0.4"], "seconds": run["seconds"], "seconds_per_step": run["seconds_per_step"],
+    }
+
+
+def _title(cfg: ExperimentConfig, r: MethodResult) -> str:
     paper = ""
-    if cfg.evaluate.paper_ssim is not None:
+    if r.name in cfg.evaluate.paper_ssim:
         scale = "" if cfg.profile == "paper" else " at paper scale"
-        paper = f"; the paper reports {cfg.evaluate.paper_ssim:.4f}{scale}"
-    return (f"{cfg.title} [{run['attack']}, {cfg.profile} profile]\n"
-            f"mean SSIM {metrics['ssim']:.4f} over {metrics['n_train']} images{paper}")
+        paper = f"; the paper reports {cfg.evaluate.paper_ssim[r.name]:.4f}{scale}"
+    return (f"{cfg.title} [{r.name}, {cfg.profile} profile]\n"
+            f"mean SSIM {r.metrics['ssim']:.4f} over {r.metrics['n_train']} images{paper}")
+
+
+def comparison_figure(path, train_px: np.ndarray, results: list[MethodResult], title: str, show: int,
+                      columns: int) -> None:
+    """Training images (first row of each block) above every method's reconstruction matched to
+    them, one row per method, captioned with its SSIM. Images are ordered by the first method's
+    SSIM, best first."""
+    order = results[0].pairs.sort_values("ssim", ascending=False)["train"].tolist()[:show]
+    matched = [r.pairs.set_index("train") for r in results]
+    blocks, rows = -(-len(order) // columns), 1 + len(results)
+    ratios = ([1] * rows + [0.25]) * blocks
+    fig, axes = plt.subplots(len(ratios) - 1, columns, figsize=(1.1 * columns + 1.2, 1.15 * rows * blocks + 0.7),
+                             squeeze=False, gridspec_kw={"height_ratios": ratios[:-1], "hspace": 0.2, "wspace": 0.05})
+    for ax in axes.flat:
+        ax.axis("off")
+    for k, i in enumerate(order):
+        b, c = divmod(k, columns)
+        top = b * (rows + 1)
+        _show(axes[top, c], train_px[i])
+        for r, (res, pairs) in enumerate(zip(results, matched), start=1):
+            if i in pairs.index:
+                _show(axes[top + r, c], res.recon_px[int(pairs.loc[i, "recon"])])
+                axes[top + r, c].set_title(f"{pairs.loc[i, 'ssim']:.2f}", fontsize=6, pad=1)
+    for b in range(blocks):
+        top = b * (rows + 1)
+        for r, label in enumerate(["training", *(res.name for res in results)]):
+            axes[top + r, 0].text(-0.1, 0.5, label, transform=axes[top + r, 0].transAxes, ha="right", va="center",
+                                  fontsize=7)
+    summary = ", ".join(f"{r.name} {r.metrics['ssim']:.4f}" for r in results)
+    fig.suptitle(f"{title}\nmean SSIM: {summary}", fontsize=9)
+    fig.subplots_adjust(left=1.2 / fig.get_figwidth(), right=0.99, bottom=0.01, top=1 - 0.6 / fig.get_figheight())
+    _save(fig, path)
 
 
 def reconstruction_figure(path, recon_px: np.ndarray, train_px: np.ndarray, pairs: pd.DataFrame,
@@ -82,16 +144,21 @@ def _show(ax, img: np.ndarray) -> None:
         ax.imshow(img, interpolation="nearest")
 
 
-def loss_figure(path, loss: pd.DataFrame, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(loss["step"], loss["loss"], lw=0.8, label="loss")
-    ax.plot(loss["step"], loss["distance"], lw=0.8, alpha=0.7, label="parameter-change distance")
-    ax.set_yscale("log")
-    ax.set_xlabel("outer step")
-    ax.set_ylabel("reconstruction loss")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+def loss_figure(path, results: list[MethodResult], title: str) -> None:
+    """Each method's loss (and its parameter-matching term) against its steps; the methods'
+    losses are on different scales, so each has its own panel."""
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.3), squeeze=False)
+    for ax, r in zip(axes[0], results):
+        ax.plot(r.loss["step"], r.loss["loss"], lw=0.8, label="loss")
+        if "distance" in r.loss:
+            ax.plot(r.loss["step"], r.loss["distance"], lw=0.8, alpha=0.7, label="parameter distance")
+        if (r.loss["loss"] > 0).all():
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(r.name, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     _save(fig, path)
 
@@ -102,10 +169,14 @@ def _save(fig, path) -> None:
     plt.close(fig)
 
 
-def write_table(rows: list[pd.DataFrame], path) -> pd.DataFrame:
-    """Collect table rows into one markdown table. The profile column says which scale produced
-    each number: a `cpu` row is never a reproduction of the paper's value."""
-    table = pd.concat(rows, ignore_index=True)[ROW_COLUMNS].sort_values(["experiment", "profile", "attack"])
+def write_table(rows: list[pd.DataFrame], path, methods: list[str] | None = None) -> pd.DataFrame:
+    """Collect table rows (only those of `methods`, if given) into one markdown table. The
+    profile column says which scale produced each number: a `cpu` row is never a reproduction
+    of the paper's value."""
+    table = pd.concat(rows, ignore_index=True)[ROW_COLUMNS]
+    if methods:
+        table = table[table["method"].isin(methods)]
+    table = table.sort_values(["experiment", "profile", "method"])
     cells = table.astype(object).where(table.notna(), None)  # blank, not "nan", where the paper has no value
     text = "# Results\n\n" + cells.to_markdown(index=False, floatfmt=".4f", missingval="") + "\n"
     with atomic_path(path) as tmp:

@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+
+from simudy.losses import LossKind, training_loss
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class TrainingPlan:
     # (the authors' in-simulation clipping); None disables it.
     clip_max_norm: float | None = None
     clip_to_norm: float | None = None
+    loss: LossKind = "cross_entropy"
 
 
 @dataclass
@@ -53,7 +55,7 @@ def simulate(
         for start in range(0, len(images), plan.batch_size):
             xb, yb = images[start : start + plan.batch_size], labels[start : start + plan.batch_size]
             out = functional_call(model, (params, buffers), (xb,))
-            loss = F.cross_entropy(out, yb)
+            loss = training_loss(plan.loss, out, yb)
             grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
             grads, was_clipped = _clip(grads, plan)
             clipped += was_clipped

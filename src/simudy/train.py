@@ -16,7 +16,8 @@ from simudy.config import ExperimentConfig, InitConfig, VictimConfig
 from simudy.data import load_dataset
 from simudy.devices import pick_device
 from simudy.io import write_json
-from simudy.models import build_model
+from simudy.losses import training_loss
+from simudy.models import build_model, scale_first_layer
 
 log = logging.getLogger(__name__)
 INIT_SCHEMA = 1
@@ -26,9 +27,12 @@ def make_theta0(cfg: ExperimentConfig, dataset: str | Path, out_dir: str | Path)
     """The `pretrain` stage: write `theta0.safetensors` and `init.json` (how θ0 was made)."""
     ds = load_dataset(dataset, split=cfg.init.split)
     torch.manual_seed(cfg.init.seed)
-    model = build_model(cfg.init.arch, ds.image_shape, len(ds.class_names), **cfg.init.model_kwargs())
+    outputs = cfg.init.outputs or len(ds.class_names)
+    model = build_model(cfg.init.arch, ds.image_shape, outputs, **cfg.init.model_kwargs())
+    if cfg.init.first_layer_scale != 1.0:
+        scale_first_layer(model, cfg.init.first_layer_scale)
     info = {"schema": INIT_SCHEMA, "arch": cfg.init.arch, "model_kwargs": cfg.init.model_kwargs(),
-            "image_shape": list(ds.image_shape), "num_classes": len(ds.class_names), "init": cfg.section("init")}
+            "image_shape": list(ds.image_shape), "num_outputs": outputs, "init": cfg.section("init")}
     if cfg.init.init == "pretrained":
         rows = np.arange(min(cfg.init.limit or len(ds), len(ds)))
         info["pretrain_accuracy"] = pretrain(model, ds.normalised(rows), torch.from_numpy(ds.labels[rows]), cfg.init)
@@ -84,7 +88,8 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: VictimConfig) -> list[float]:
     """The authors' victim protocol: eval mode throughout (BatchNorm is a fixed affine map),
-    plain SGD (no momentum, no weight decay), shuffle off, mean cross-entropy per batch.
+    plain SGD (no momentum, no weight decay), shuffle off, the mean loss per batch; optionally
+    stopped once an epoch's mean loss falls below `stop_loss` ("to convergence").
     Returns the mean loss of each epoch; the model is left on the CPU."""
     device = pick_device()
     model.to(device).eval()
@@ -95,12 +100,16 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: VictimConf
         total = 0.0
         for start in range(0, len(x), cfg.batch_size):
             xb, yb = x[start : start + cfg.batch_size], y[start : start + cfg.batch_size]
-            loss = F.cross_entropy(model(xb), yb)
+            loss = training_loss(cfg.loss, model(xb), yb)
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += loss.item() * len(xb)
         losses.append(total / len(x))
-        log.info("victim epoch %d/%d loss %.4f", epoch + 1, cfg.epochs, losses[-1])
+        if (epoch + 1) % max(1, cfg.epochs // 20) == 0 or epoch < 20:
+            log.info("victim epoch %d/%d loss %.6f", epoch + 1, cfg.epochs, losses[-1])
+        if cfg.stop_loss is not None and losses[-1] < cfg.stop_loss:
+            log.info("victim converged after %d epochs: loss %.3g < %g", epoch + 1, losses[-1], cfg.stop_loss)
+            break
     model.cpu()
     return losses

@@ -35,7 +35,7 @@ META_SCHEMA = 1
 class Victim:
     meta: dict
     model: nn.Module  # the architecture, in eval mode, holding θ0's buffers
-    theta0: State  # trainable parameters only
+    theta0: State | None  # trainable parameters only; None where the threat model withholds θ0
     thetaf: State
 
     @property
@@ -47,11 +47,15 @@ class Victim:
         return int(self.meta["num_classes"])
 
     @property
+    def num_outputs(self) -> int:
+        return int(self.meta.get("num_outputs", self.num_classes))
+
+    @property
     def training(self) -> dict:
         return self.meta["training"]
 
     def to(self, device: torch.device) -> Victim:
-        move = lambda state: {k: v.to(device) for k, v in state.items()}  # noqa: E731
+        move = lambda state: state and {k: v.to(device) for k, v in state.items()}  # noqa: E731
         return replace(self, model=self.model.to(device), theta0=move(self.theta0), thetaf=move(self.thetaf))
 
 
@@ -59,10 +63,13 @@ def make_victim(cfg: ExperimentConfig, dataset: str | Path, init_dir: str | Path
     """The `finetune-victim` stage: train θ0 on the victim subset and write the bundle."""
     init_dir, out_dir = Path(init_dir), Path(out_dir)
     ds = load_dataset(dataset, split="train")
+    if cfg.victim.groups:
+        ds = ds.grouped(cfg.victim.groups)
     info = read_json(init_dir / "init.json")
     model = load_into(build_from_meta(info), load_weights(init_dir / "theta0.safetensors"),
                       init_dir / "theta0.safetensors")
     rows = select_subset(ds.labels, cfg.victim.per_class, cfg.victim.offset, len(ds.class_names))
+    rows = rows[: cfg.victim.max_images]
     theta0 = {k: v.clone() for k, v in model.state_dict().items()}
     losses = finetune(model, ds.normalised(rows), torch.from_numpy(ds.labels[rows]), cfg.victim)
     meta = _metadata(cfg, info, ds, rows, losses)
@@ -77,14 +84,16 @@ def _metadata(cfg: ExperimentConfig, info: dict, ds: Dataset, rows, losses: list
     v = cfg.victim
     return {
         "schema": META_SCHEMA,
-        **{k: info[k] for k in ("arch", "model_kwargs", "image_shape", "num_classes")},
+        **{k: info[k] for k in ("arch", "model_kwargs", "image_shape", "num_outputs")},
+        "num_classes": len(ds.class_names),
         "class_names": ds.class_names,
         "mean": ds.mean.tolist(),
         "std": ds.std.tolist(),
         "n_images": len(rows),
-        "training": {"epochs": v.epochs, "batch_size": v.batch_size, "lr": v.lr, "optimizer": "sgd",
+        # `epochs` is what ran: fewer than configured when training stopped at `stop_loss`.
+        "training": {"epochs": len(losses), "batch_size": v.batch_size, "lr": v.lr, "optimizer": "sgd",
                      "momentum": 0.0, "weight_decay": 0.0, "shuffle": False, "model_mode": "eval",
-                     "loss": "cross_entropy"},
+                     "loss": v.loss},
         "subset": {"dataset": cfg.dataset, "split": "train", "per_class": v.per_class, "offset": v.offset,
                    "indices": rows.tolist(), "source_ids": ds.source_ids[rows].tolist()},
         "init": info["init"],
@@ -93,7 +102,8 @@ def _metadata(cfg: ExperimentConfig, info: dict, ds: Dataset, rows, losses: list
 
 
 def build_from_meta(meta: dict) -> nn.Module:
-    return build_model(meta["arch"], meta["image_shape"], meta["num_classes"], **meta.get("model_kwargs", {}))
+    outputs = meta.get("num_outputs", meta.get("num_classes"))
+    return build_model(meta["arch"], meta["image_shape"], outputs, **meta.get("model_kwargs", {}))
 
 
 def load_victim(victim_dir: str | Path) -> Victim:
@@ -112,4 +122,6 @@ def load_victim(victim_dir: str | Path) -> Victim:
 
 def parameter_change(victim: Victim) -> torch.Tensor:
     """θ0 − θf flattened over the trainable parameters, in `named_parameters` order."""
+    if victim.theta0 is None:
+        raise SimudyError("the parameter change needs θ0, which this threat model withholds")
     return flatten([victim.theta0[n] - victim.thetaf[n] for n in victim.theta0])

@@ -20,10 +20,23 @@ def section(name):
     return lambda w: json.dumps(cfg(w).section(name), sort_keys=True)
 
 
+def method_section(w):
+    """One method's attack settings and the threat model: editing another method's settings
+    does not rerun this one."""
+    r = cfg(w).reconstruct
+    return json.dumps({"threat": r.threat.model_dump(), "attack": r.method(w.method).model_dump()}, sort_keys=True)
+
+
+def per_method(pattern):
+    """Input function: `pattern` for each of the experiment's methods."""
+    return lambda w: [pattern.format(experiment=w.experiment, profile=w.profile, method=m)
+                      for m in cfg(w).reconstruct.methods]
+
+
 def dataset_file(w):
     return f"results/data/{REG.experiments[w.experiment].dataset}.npz"
 
 
 def report_files(experiment, profile):
     run = RUN.format(experiment=experiment, profile=profile)
-    return [f"{run}/report/figure.png", f"{run}/report/loss.png", f"{run}/report/row.csv"]
+    return [f"{run}/report/figure.png", f"{run}/report/loss.png", f"{run}/report/rows.csv", f"{run}/metrics.json"]

@@ -4,24 +4,24 @@ rule simulate_and_reconstruct:
         theta0=rules.finetune_victim.output.theta0,
         thetaf=rules.finetune_victim.output.thetaf,
     output:
-        images=f"{RUN}/reconstruct/reconstruction.safetensors",
-        loss=f"{RUN}/reconstruct/loss.csv",
-        run=f"{RUN}/reconstruct/run.json",
+        images=f"{RUN}/reconstruct/{{method}}/reconstruction.safetensors",
+        loss=f"{RUN}/reconstruct/{{method}}/loss.csv",
+        run=f"{RUN}/reconstruct/{{method}}/run.json",
     params:
         registry=REGISTRY,
-        reconstruct=section("reconstruct"),
+        attack=method_section,
         # Snapshots live outside the declared outputs, which Snakemake deletes before a
         # rerun: a killed job resumes from them.
-        work=f"{RUN}/work/reconstruct",
+        work=f"{RUN}/work/{{method}}",
     resources:
         gpu=1,
     conda:
         ENV
     threads: workflow.cores
     log:
-        f"{RUN}/logs/reconstruct.log",
+        f"{RUN}/logs/reconstruct_{{method}}.log",
     shell:
         "simudy --log {log} reconstruct --registry {params.registry}"
-        " --experiment {wildcards.experiment} --profile {wildcards.profile}"
+        " --experiment {wildcards.experiment} --profile {wildcards.profile} --method {wildcards.method}"
         " --victim-dir $(dirname {input.meta}) --out-dir $(dirname {output.images})"
         " --work-dir {params.work}"

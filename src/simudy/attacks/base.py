@@ -1,16 +1,24 @@
-"""The attack interface: what the threat model grants in, reconstructed images out."""
+"""The attack interface: what the threat model grants in, reconstructed images out.
+
+An attack receives the released model (architecture and θf), θ0 only if the threat model
+grants it, and a `ThreatModel` saying what else is known. It declares what it needs
+(`requires`); asking for more than the threat model grants is an error, not a silent leak.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from simudy.config import ReconstructConfig
+from simudy.config import AttackConfig, ThreatConfig
 from simudy.errors import SimudyError
+from simudy.losses import LossKind
 from simudy.victim import Victim
+
+GRANTS = ("theta0", "hyperparams", "dataset_size")
 
 
 @dataclass(frozen=True)
@@ -18,23 +26,49 @@ class TrainingHyperparams:
     epochs: int
     batch_size: int
     lr: float
+    loss: LossKind
 
 
 @dataclass(frozen=True)
 class ThreatModel:
-    """What the attacker knows besides θ0 and θf (the paper's protocol: the dataset size,
-    the image shape, the classes and, unless searched for, the training hyper-parameters)."""
+    """What the attacker knows besides θf. Always: the image shape and normalisation, the
+    classes and the model's outputs. The rest only where `granted` says so (None otherwise)."""
 
-    n_images: int
     image_shape: tuple[int, int, int]
     num_classes: int
+    num_outputs: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    granted: frozenset[str]
+    n_images: int | None
     hyperparams: TrainingHyperparams | None
 
     @classmethod
-    def from_victim(cls, victim: Victim) -> ThreatModel:
+    def from_victim(cls, victim: Victim, grants: ThreatConfig) -> ThreatModel:
         t = victim.training
-        hp = TrainingHyperparams(t["epochs"], t["batch_size"], t["lr"])
-        return cls(int(victim.meta["n_images"]), victim.image_shape, victim.num_classes, hp)
+        granted = frozenset(g for g in GRANTS if getattr(grants, g))
+        return cls(
+            image_shape=victim.image_shape,
+            num_classes=victim.num_classes,
+            num_outputs=victim.num_outputs,
+            mean=tuple(victim.meta["mean"]),
+            std=tuple(victim.meta["std"]),
+            granted=granted,
+            n_images=int(victim.meta["n_images"]) if "dataset_size" in granted else None,
+            hyperparams=TrainingHyperparams(t["epochs"], t["batch_size"], t["lr"], t.get("loss", "cross_entropy"))
+            if "hyperparams" in granted else None,
+        )
+
+    def pixel_box(self, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The valid pixel range [0, 1] in normalised space, per channel, shaped [1, C, 1, 1]."""
+        mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
+        return -mean / std, (1 - mean) / std
+
+
+def released(victim: Victim, threat: ThreatModel) -> Victim:
+    """The victim as the attacker sees it: without θ0 unless the threat model grants it."""
+    return victim if "theta0" in threat.granted else replace(victim, theta0=None)
 
 
 @dataclass
@@ -47,8 +81,21 @@ class Reconstruction:
 class Attack(ABC):
     name: str
 
-    def __init__(self, cfg: ReconstructConfig):
+    def __init__(self, cfg: AttackConfig):
         self.cfg = cfg
+
+    def requires(self) -> set[str]:
+        """What the attack needs from the threat model (see GRANTS)."""
+        return set() if self.cfg.n_images else {"dataset_size"}
+
+    def check(self, threat: ThreatModel) -> None:
+        missing = sorted(self.requires() - threat.granted)
+        if missing:
+            raise SimudyError(f"attack {self.name!r} needs {missing}, which the threat model does not grant "
+                              "(configure the attack to do without, or grant it under reconstruct.threat)")
+
+    def n_images(self, threat: ThreatModel) -> int:
+        return self.cfg.n_images or threat.n_images
 
     @abstractmethod
     def run(self, victim: Victim, threat: ThreatModel, workdir: Path) -> Reconstruction:
@@ -63,7 +110,13 @@ def register(cls: type[Attack]) -> type[Attack]:
     return cls
 
 
-def get_attack(cfg: ReconstructConfig) -> Attack:
+def get_attack(cfg: AttackConfig) -> Attack:
     if cfg.attack not in ATTACKS:
         raise SimudyError(f"unknown attack {cfg.attack!r}; known: {sorted(ATTACKS)}")
     return ATTACKS[cfg.attack](cfg)
+
+
+def balanced_labels(n: int, num_classes: int, gen: torch.Generator) -> torch.Tensor:
+    """An equal number of each class (as far as n allows), in random order."""
+    labels = torch.arange(n) % num_classes
+    return labels[torch.randperm(n, generator=gen)]

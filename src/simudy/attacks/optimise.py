@@ -1,0 +1,98 @@
+"""The loop every optimisation-based attack shares: step, log, snapshot, resume.
+
+A subclass sets up the tensors it optimises and its optimisers (`setup`) and takes one step
+(`step`); this class runs the steps with a progress bar and a loss log, snapshots the tensors
+and optimiser states every `snapshot_every` steps, and resumes a killed run from the last
+snapshot so that it ends bit-for-bit where an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import abstractmethod
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from simudy.attacks.base import Attack, Reconstruction, ThreatModel, released
+from simudy.devices import pick_device
+from simudy.runstate import RunDir, RunState, fingerprint
+from simudy.simulate import flatten
+from simudy.victim import Victim
+
+log = logging.getLogger(__name__)
+
+
+class IterativeAttack(Attack):
+    columns: list[str]  # the loss log's columns besides step, lr and seconds
+
+    @abstractmethod
+    def setup(self, victim: Victim, threat: ThreatModel, device: torch.device) -> None:
+        """Create `self.tensors` (name -> optimised tensor; "images" among them), `self.labels`
+        and `self.optimizers`, seeded from the config."""
+
+    @abstractmethod
+    def step(self, step: int) -> dict:
+        """One optimisation step; returns its loss-log row (without step and seconds)."""
+
+    def images(self) -> torch.Tensor:
+        return self.tensors["images"]
+
+    def run(self, victim: Victim, threat: ThreatModel, workdir: Path) -> Reconstruction:
+        cfg = self.cfg
+        self.check(threat)
+        device = pick_device(cfg.device)
+        victim = released(victim, threat).to(device)
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.labels: torch.Tensor | None = None
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.setup(victim, threat, device)
+        columns = ["step", *self.columns, "seconds"]
+        key = fingerprint(cfg.model_dump(), sorted(threat.granted), victim.meta, flatten(list(victim.thetaf.values())).cpu())
+        run = RunDir(workdir, key, columns)
+        start, seconds = 0, 0.0
+        if (state := run.resume()) is not None:
+            start, seconds = state.step, state.seconds
+            self._restore(state.tensors)
+
+        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"{self.name} n={len(self.images())}",
+                   mininterval=2)
+        for step in bar:
+            t0 = time.perf_counter()
+            row = self.step(step)
+            seconds += time.perf_counter() - t0
+            run.record({"step": step + 1, **row, "seconds": round(seconds, 4)})
+            bar.set_postfix(loss=f"{row['loss']:.4g}", refresh=False)
+            if (step + 1) % cfg.log_every == 0:
+                parts = " ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float))
+                log.info("%s step %d/%d %s %.3f s/step", self.name, step + 1, cfg.steps, parts, seconds / (step + 1))
+            if (step + 1) % cfg.snapshot_every == 0 or step + 1 == cfg.steps:
+                run.snapshot(RunState(step + 1, seconds, self._capture()), self.images().detach().cpu())
+        bar.close()
+        rows = run.finish()
+        info = {"steps": cfg.steps, "seconds": seconds, "device": str(device), "n_images": len(self.images()),
+                "final_loss": float(rows[-1]["loss"]) if rows else None, "loss_rows": rows}
+        labels = None if self.labels is None else self.labels.cpu()
+        return Reconstruction(images=self.images().detach().cpu(), labels=labels, info=info)
+
+    def _capture(self) -> dict[str, torch.Tensor]:
+        out = {f"tensor.{k}": v.detach().cpu() for k, v in self.tensors.items()}
+        for i, opt in enumerate(self.optimizers):
+            for p, state in opt.state_dict()["state"].items():
+                out |= {f"opt.{i}.{p}.{k}": torch.as_tensor(v).cpu() for k, v in state.items()}
+        return out
+
+    def _restore(self, saved: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for k, v in self.tensors.items():
+                v.copy_(saved[f"tensor.{k}"].to(v.device))
+        for i, opt in enumerate(self.optimizers):
+            sd = opt.state_dict()
+            state: dict[int, dict] = {}
+            for key, value in saved.items():
+                if key.startswith(f"opt.{i}."):
+                    _, _, p, name = key.split(".", 3)
+                    state.setdefault(int(p), {})[name] = value
+            opt.load_state_dict({**sd, "state": state})
