@@ -14,17 +14,17 @@ def test_every_experiment_resolves_at_every_profile():
         assert {"smoke", "cpu", "paper"} <= entry.profiles.keys()
         for profile in entry.profiles:
             cfg = reg.resolve(name, profile)
-            assert cfg.reconstruct.steps >= 1
+            assert all(cfg.reconstruct.method(m).steps >= 1 for m in cfg.reconstruct.methods)
 
 
 def test_paper_profile_keeps_the_authors_defaults():
     cfg = load_experiment("fig1", "paper", REGISTRY)
     assert (cfg.init.arch, cfg.init.width) == ("resnet18", 64)
     assert (cfg.victim.epochs, cfg.victim.batch_size, cfg.victim.lr, cfg.victim.per_class) == (20, 20, 0.01, 2)
-    r = cfg.reconstruct
+    r = cfg.reconstruct.attacks["simudy"]
     assert (r.steps, r.sim_epochs, r.lr, r.betas, r.cosine_period) == (30000, 8, 0.01, [0.8, 0.9], 100)
     assert (r.clip_max_norm, r.clip_to_norm, r.clip_fraction, r.init_scale) == (20.0, 5.0, 0.25, 0.5)
-    assert cfg.evaluate.paper_ssim == 0.3140
+    assert cfg.evaluate.paper_ssim["simudy"] == 0.3140
 
 
 def test_profile_overrides_only_what_it_names():
@@ -42,12 +42,16 @@ def _edited(tmp_path, edit):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda r: r["experiments"]["demo"]["profiles"]["cpu"]["reconstruct"].update(steps="many"),
-     r"experiment 'demo' at profile 'cpu': reconstruct.steps: Input should be a valid integer"),
-    (lambda r: r["experiments"]["demo"]["reconstruct"].update(tv_weight="1e-3"),
-     r"reconstruct.tv_weight: Input should be a valid number"),
-    (lambda r: r["experiments"]["demo"]["reconstruct"].update(tv_wieght=0.1),
-     r"reconstruct.tv_wieght: Extra inputs are not permitted"),
+    (lambda r: r["experiments"]["demo"]["profiles"]["cpu"]["reconstruct"]["attacks"]["simudy"].update(steps="many"),
+     r"experiment 'demo' at profile 'cpu': reconstruct.attacks.simudy.simudy.steps: Input should be a valid integer"),
+    (lambda r: r["experiments"]["demo"]["reconstruct"].update(attacks={"simudy": {"tv_weight": "1e-3"}}),
+     r"reconstruct.attacks.simudy.simudy.tv_weight: Input should be a valid number"),
+    (lambda r: r["experiments"]["demo"]["reconstruct"].update(attacks={"simudy": {"tv_wieght": 0.1}}),
+     r"reconstruct.attacks.simudy.simudy.tv_wieght: Extra inputs are not permitted"),
+    (lambda r: r["experiments"]["demo"]["reconstruct"].update(methods=["simudy", "lo"]),
+     r"methods \['lo'\] are not configured under attacks"),
+    (lambda r: r["experiments"]["demo"]["init"].update(outputs=1),
+     r"a logistic-loss victim needs init.outputs 1, and a one-output model a logistic loss"),
 ])
 def test_wrong_values_name_the_file_and_key(tmp_path, edit, message):
     path = _edited(tmp_path, edit)

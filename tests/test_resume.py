@@ -12,14 +12,16 @@ import torch
 from safetensors.torch import load_file
 
 from simudy.attacks import SimuDy, ThreatModel
-from simudy.config import load_experiment
+from simudy.config import ThreatConfig, load_experiment
 from simudy.runstate import STATE_FILE
 from simudy.victim import load_victim
 from tests.conftest import ROOT
 
+GRANTS = ThreatConfig(theta0=True, hyperparams=True, dataset_size=True)
+
 
 def _cfg(**update):
-    base = load_experiment("demo", "smoke", ROOT / "params/experiments.yaml").reconstruct
+    base = load_experiment("demo", "smoke", ROOT / "params/experiments.yaml").reconstruct.attacks["simudy"]
     return base.model_copy(update={"steps": 12, "snapshot_every": 5, **update})
 
 
@@ -36,7 +38,7 @@ def _run(victim_dir, workdir, cfg, die_at=None):
 
         attack.objective = dying
     victim = load_victim(victim_dir)
-    return attack.run(victim, ThreatModel.from_victim(victim), workdir)
+    return attack.run(victim, ThreatModel.from_victim(victim, GRANTS), workdir)
 
 
 def test_interrupted_run_resumes_to_the_identical_result(tmp_path, demo_victim):
@@ -64,8 +66,9 @@ def test_a_snapshot_of_another_configuration_is_not_resumed(tmp_path, demo_victi
 
 def _registry_with_steps(tmp_path, steps):
     text = (ROOT / "params/experiments.yaml").read_text().replace(
-        "smoke: {init: {}, victim: {}, reconstruct: {steps: 20, snapshot_every: 10, log_every: 10}",
-        f"smoke: {{init: {{}}, victim: {{}}, reconstruct: {{steps: {steps}, snapshot_every: 25, log_every: 25}}")
+        "reconstruct: {attacks: {simudy: {steps: 20, snapshot_every: 10, log_every: 10}}}",
+        f"reconstruct: {{attacks: {{simudy: {{steps: {steps}, snapshot_every: 25, log_every: 25}}}}}}")
+    assert text != (ROOT / "params/experiments.yaml").read_text()
     path = tmp_path / "experiments.yaml"
     path.write_text(text)
     return path
@@ -73,7 +76,7 @@ def _registry_with_steps(tmp_path, steps):
 
 def _cli(registry, victim, out, work):
     return [sys.executable, "-m", "simudy", "reconstruct", "--registry", str(registry), "--experiment", "demo",
-            "--profile", "smoke", "--victim-dir", str(victim), "--out-dir", str(out), "--work-dir", str(work)]
+            "--profile", "smoke", "--method", "simudy", "--victim-dir", str(victim), "--out-dir", str(out), "--work-dir", str(work)]
 
 
 def test_sigkill_mid_run_then_rerun(tmp_path, demo_victim):

@@ -26,6 +26,7 @@ def _digits_only(root: Path, profile: str) -> None:
     raw = yaml.safe_load(path.read_text())
     raw["active_profile"] = profile
     raw["experiments"] = {"demo": raw["experiments"]["demo"]}
+    raw["groups"] = {}
     raw["datasets"] = {"digits": raw["datasets"]["digits"]}
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
@@ -38,12 +39,15 @@ def test_lint_is_clean():
 def test_dry_run_of_every_experiment_at_every_profile(tmp_path):
     copy_pipeline(tmp_path)
     reg = load_registry(ROOT / "params/experiments.yaml")
-    targets = [f"results/{e}/{p}/report/row.csv" for e, entry in reg.experiments.items() for p in entry.profiles]
+    targets = [f"results/{e}/{p}/report/rows.csv" for e, entry in reg.experiments.items() for p in entry.profiles]
+    runs = sum(len(reg.resolve(e, p).reconstruct.methods) for e, entry in reg.experiments.items() for p in entry.profiles)
     proc = run_tool(tmp_path, "snakemake", "-n", "--cores", "all", *targets, env=_env())
     out = proc.stdout + proc.stderr
     assert "Using workflow specific profile profiles/default" in out
-    for rule in ["pretrain", "finetune_victim", "simulate_and_reconstruct", "pair_by_ssim", "report"]:
+    for rule in ["pretrain", "finetune_victim", "report"]:
         assert out.count(f"rule {rule}:") == len(targets), rule
+    for rule in ["simulate_and_reconstruct", "pair_by_ssim"]:  # once per method
+        assert out.count(f"rule {rule}:") == runs, rule
     assert out.count("rule fetch_data:") == len(reg.datasets)
     # GPU jobs declare gpu=1 and the default profile caps the run at one GPU.
     assert "gpu=1" in out
@@ -55,11 +59,12 @@ def test_tiny_end_to_end_run(tmp_path):
     _digits_only(tmp_path, "smoke")
     run_tool(tmp_path, "snakemake", "demo", "tables", "--cores", "2", env=_env())
     run = tmp_path / "results/demo/smoke"
-    metrics = json.loads((run / "evaluate/metrics.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())["simudy"]
     assert metrics["n_train"] == 20 and 0 < metrics["ssim"] <= 1
     assert (run / "report/figure.png").stat().st_size > 10_000
+    assert (run / "report/simudy.png").stat().st_size > 10_000
     assert "| demo " in (tmp_path / "results/table_smoke.md").read_text()
-    assert (run / "logs/reconstruct.log").read_text().count("step ") >= 2
+    assert (run / "logs/reconstruct_simudy.log").read_text().count("step ") >= 2
     # Nothing left to do on a second run.
     proc = run_tool(tmp_path, "snakemake", "demo", "--cores", "2", "-n", env=_env())
     assert "Nothing to be done" in proc.stdout + proc.stderr
@@ -90,7 +95,7 @@ def test_dvc_reruns_only_what_a_parameter_change_touches(tmp_path):
 
     reg = tmp_path / "params/experiments.yaml"
     raw = yaml.safe_load(reg.read_text())
-    raw["experiments"]["demo"]["profiles"]["smoke"]["reconstruct"]["tv_weight"] = 0.05
+    raw["experiments"]["demo"]["profiles"]["smoke"]["reconstruct"]["attacks"]["simudy"]["tv_weight"] = 0.05
     reg.write_text(yaml.safe_dump(raw, sort_keys=False))
     status = run_tool(tmp_path, "dvc", "status", "--json", env=env).stdout
     assert list(json.loads(status)) == ["reconstruct@demo"]
@@ -104,6 +109,6 @@ def test_dvc_reruns_only_what_a_parameter_change_touches(tmp_path):
 
     params = json.loads(run_tool(tmp_path, "dvc", "params", "diff", "HEAD~1", "HEAD", "--json", env=env).stdout)
     changed = params["params/experiments.yaml"]
-    assert changed["experiments.demo.profiles.smoke.reconstruct.tv_weight"] == {"old": None, "new": 0.05}
+    assert changed["experiments.demo.profiles.smoke.reconstruct.attacks.simudy.tv_weight"] == {"old": None, "new": 0.05}
     metrics = json.loads(run_tool(tmp_path, "dvc", "metrics", "diff", "HEAD~1", "HEAD", "--json", env=env).stdout)
-    assert "ssim" in metrics["results/demo/smoke/evaluate/metrics.json"]
+    assert "simudy.ssim" in metrics["results/demo/smoke/metrics.json"]

@@ -29,8 +29,7 @@ class WeightedCE(GradientMatching):
         self.tensors["lambdas"] = self.weights((len(cfg.points), self.m), 0.0, cfg.lambda_init, device)
         self.points = [self.params_at(p) for p in cfg.points]
         self.target = -self.change()
-        hp = self.threat.hyperparams
-        self.loss_kind = hp.loss if hp else "cross_entropy"
+        self.loss_kind = self.threat.loss_kind()
         self.optimizers = [torch.optim.Adam([self.tensors["images"], self.tensors["lambdas"]], lr=cfg.lr)]
 
     def step(self, step: int) -> dict:

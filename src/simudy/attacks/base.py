@@ -59,6 +59,12 @@ class ThreatModel:
             if "hyperparams" in granted else None,
         )
 
+    def loss_kind(self) -> LossKind:
+        """The victim's training loss: as granted, else what its outputs imply."""
+        if self.hyperparams is not None:
+            return self.hyperparams.loss
+        return "logistic" if self.num_outputs == 1 else "cross_entropy"
+
     def pixel_box(self, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The valid pixel range [0, 1] in normalised space, per channel, shaped [1, C, 1, 1]."""
         mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)

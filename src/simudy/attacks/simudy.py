@@ -51,7 +51,7 @@ class SimuDy(IterativeAttack):
             lr=cfg.sim_lr or hp.lr,
             clip_max_norm=cfg.clip_max_norm if clip else None,
             clip_to_norm=cfg.clip_to_norm if clip else None,
-            loss=hp.loss if hp else "cross_entropy",
+            loss=self.threat.loss_kind(),
         )
 
     def objective(self, x: torch.Tensor, plan: TrainingPlan) -> tuple[torch.Tensor, dict]:
