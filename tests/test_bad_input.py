@@ -22,7 +22,8 @@ def victim(tmp_path, demo_victim):
 def _reconstruct(victim, tmp_path):
     out = tmp_path / "out"
     code = run_cli("reconstruct", "--registry", ROOT / "params/experiments.yaml", "--experiment", "demo",
-                   "--profile", "smoke", "--method", "simudy", "--victim-dir", victim, "--out-dir", out, "--work-dir", tmp_path / "work")
+                   "--profile", "smoke", "--method", "simudy",
+                   "--victim-dir", victim, "--out-dir", out, "--work-dir", tmp_path / "work")
     return code, out
 
 

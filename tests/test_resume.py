@@ -76,7 +76,8 @@ def _registry_with_steps(tmp_path, steps):
 
 def _cli(registry, victim, out, work):
     return [sys.executable, "-m", "simudy", "reconstruct", "--registry", str(registry), "--experiment", "demo",
-            "--profile", "smoke", "--method", "simudy", "--victim-dir", str(victim), "--out-dir", str(out), "--work-dir", str(work)]
+            "--profile", "smoke", "--method", "simudy",
+            "--victim-dir", str(victim), "--out-dir", str(out), "--work-dir", str(work)]
 
 
 def test_sigkill_mid_run_then_rerun(tmp_path, demo_victim):

@@ -40,7 +40,7 @@ def test_dry_run_of_every_experiment_at_every_profile(tmp_path):
     copy_pipeline(tmp_path)
     reg = load_registry(ROOT / "params/experiments.yaml")
     targets = [f"results/{e}/{p}/report/rows.csv" for e, entry in reg.experiments.items() for p in entry.profiles]
-    runs = sum(len(reg.resolve(e, p).reconstruct.methods) for e, entry in reg.experiments.items() for p in entry.profiles)
+    runs = sum(len(reg.resolve(e, p).reconstruct.methods) for e in reg.experiments for p in reg.experiments[e].profiles)
     proc = run_tool(tmp_path, "snakemake", "-n", "--cores", "all", *targets, env=_env())
     out = proc.stdout + proc.stderr
     assert "Using workflow specific profile profiles/default" in out

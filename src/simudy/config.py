@@ -47,6 +47,7 @@ class InitConfig(Strict):
     arch: str
     width: int | None = None  # ResNet base width (64 in the paper)
     hidden: list[int] | None = None  # MLP hidden widths
+    bias: bool | None = None  # MLP biases (None = with); Haim et al.'s homogeneous MLPs have none
     init: Literal["random", "pretrained"]
     seed: int
     # Pre-training (init == "pretrained") runs on the test split: disjoint from every victim
@@ -64,7 +65,8 @@ class InitConfig(Strict):
     first_layer_scale: float = Field(default=1.0, gt=0)
 
     def model_kwargs(self) -> dict[str, Any]:
-        return {k: v for k, v in {"width": self.width, "hidden": self.hidden}.items() if v is not None}
+        kwargs = {"width": self.width, "hidden": self.hidden, "bias": self.bias}
+        return {k: v for k, v in kwargs.items() if v is not None}
 
 
 class VictimConfig(Strict):

@@ -90,13 +90,14 @@ def scale_first_layer(model: nn.Module, factor: float) -> None:
 
 
 class MLP(nn.Module):
-    """d-w-...-w-C fully connected ReLU network on flattened images."""
+    """d-w-...-w-C fully connected ReLU network on flattened images; without biases it is
+    homogeneous, as Haim et al.'s networks are."""
 
-    def __init__(self, in_features: int, hidden: list[int], num_classes: int):
+    def __init__(self, in_features: int, hidden: list[int], num_classes: int, bias: bool = True):
         super().__init__()
         widths = [in_features, *hidden]
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        self.out = nn.Linear(widths[-1], num_classes)
+        self.hidden = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in zip(widths[:-1], widths[1:]))
+        self.out = nn.Linear(widths[-1], num_classes, bias=bias)
         self.act = Activation()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -107,9 +108,9 @@ class MLP(nn.Module):
 
 
 @register("mlp")
-def mlp(image_shape, num_classes, hidden=(1000, 1000)) -> nn.Module:
+def mlp(image_shape, num_classes, hidden=(1000, 1000), bias=True) -> nn.Module:
     c, h, w = image_shape
-    return MLP(c * h * w, list(hidden), num_classes)
+    return MLP(c * h * w, list(hidden), num_classes, bias)
 
 
 # -- CIFAR ResNets ----------------------------------------------------------------------------

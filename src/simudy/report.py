@@ -34,7 +34,8 @@ class MethodResult:
     metrics: dict
 
 
-def make_report(cfg: ExperimentConfig, victim_dir, reconstruct_root, evaluate_root, out_dir, metrics_out) -> pd.DataFrame:
+def make_report(cfg: ExperimentConfig, victim_dir, reconstruct_root, evaluate_root, out_dir,
+                metrics_out) -> pd.DataFrame:
     """The report stage, over all of the experiment's methods: `figure.png` (the training images
     above each method's matched reconstruction, as in the paper's comparison figures),
     `<method>.png` (Fig. 1 layout), `loss.png`, `rows.csv` (a table row per method) and the
@@ -70,7 +71,8 @@ def _row(cfg: ExperimentConfig, r: MethodResult) -> dict:
         "model": cfg.init.arch, "n_images": m["n_train"], "n_recon": m["n_recon"], "steps": run["steps"],
         "ssim": m["ssim"], "paper_ssim": cfg.evaluate.paper_ssim.get(r.name), "paper_ref": cfg.evaluate.paper_ref,
         "ssim_hungarian": m["ssim_hungarian"], "ssim_pixel": m["ssim_pixel"], "psnr_pixel": m["psnr_pixel"],
-        "frac_ssim_ge_0.4": m["frac_ssim_ge_0.4"], "seconds": run["seconds"], "seconds_per_step": run["seconds_per_step"],
+        "frac_ssim_ge_0.4": m["frac_ssim_ge_0.4"], "seconds": run["seconds"],
+        "seconds_per_step": run["seconds_per_step"],
     }
 
 

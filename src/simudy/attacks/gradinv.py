@@ -20,13 +20,14 @@ from simudy.simulate import flatten
 from simudy.victim import Victim, parameter_change
 
 
-def infer_labels(last_bias_grad: torch.Tensor, n: int) -> torch.Tensor:
-    """iDLG: under cross-entropy, ∂L/∂b_c = mean_i (p_ic − [y_i = c]) is negative only for
-    classes in the batch. One image: the most negative entry. Several: the n most negative,
-    which assumes distinct labels."""
-    if n > len(last_bias_grad):
-        raise SimudyError(f"cannot infer {n} distinct labels from {len(last_bias_grad)} classes")
-    return torch.argsort(last_bias_grad)[:n]
+def infer_labels(last_grad: torch.Tensor, n: int) -> torch.Tensor:
+    """iDLG: under cross-entropy, the last layer's gradient for class c is mean_i (p_ic − [y_i = c])
+    (times the non-negative features, for the weights), negative only for classes in the batch.
+    One image: the most negative class. Several: the n most negative, assuming distinct labels."""
+    score = last_grad if last_grad.dim() == 1 else last_grad.sum(1)
+    if n > len(score):
+        raise SimudyError(f"cannot infer {n} distinct labels from {len(score)} classes")
+    return torch.argsort(score)[:n]
 
 
 @register
@@ -50,8 +51,8 @@ class GradientInversion(IterativeAttack):
         self.target = parameter_change(victim)  # = lr · gradient
         gen = torch.Generator().manual_seed(cfg.seed)
         if cfg.labels == "infer":
-            bias = list(victim.theta0)[-1]
-            self.labels = infer_labels(victim.theta0[bias] - victim.thetaf[bias], n).to(device)
+            last = list(victim.theta0)[-1]  # the head's bias, or its weight in a bias-free model
+            self.labels = infer_labels(victim.theta0[last] - victim.thetaf[last], n).to(device)
         else:
             self.labels = balanced_labels(n, threat.num_classes, gen).to(device)
         x = cfg.init_scale * torch.randn((n, *threat.image_shape), generator=gen)

@@ -50,7 +50,8 @@ class IterativeAttack(Attack):
         self.optimizers: list[torch.optim.Optimizer] = []
         self.setup(victim, threat, device)
         columns = ["step", *self.columns, "seconds"]
-        key = fingerprint(cfg.model_dump(), sorted(threat.granted), victim.meta, flatten(list(victim.thetaf.values())).cpu())
+        thetaf = flatten(list(victim.thetaf.values())).cpu()
+        key = fingerprint(cfg.model_dump(), sorted(threat.granted), victim.meta, thetaf)
         run = RunDir(workdir, key, columns)
         start, seconds = 0, 0.0
         if (state := run.resume()) is not None:
