@@ -14,6 +14,7 @@ from simudy.attacks.base import register
 from simudy.attacks.matching import GradientMatching
 from simudy.losses import per_sample_loss
 from simudy.objectives import cosine_distance, total_variation
+from simudy.victim import parameter_change
 
 
 @register
@@ -28,7 +29,7 @@ class WeightedCE(GradientMatching):
         cfg = self.cfg
         self.tensors["lambdas"] = self.weights((len(cfg.points), self.m), 0.0, cfg.lambda_init, device)
         self.points = [self.params_at(p) for p in cfg.points]
-        self.target = -self.change()
+        self.target = parameter_change(self.victim)  # θ0 − θf
         self.loss_kind = self.threat.loss_kind()
         self.optimizers = [torch.optim.Adam([self.tensors["images"], self.tensors["lambdas"]], lr=cfg.lr)]
 

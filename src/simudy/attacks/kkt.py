@@ -17,6 +17,7 @@ from simudy.losses import margins
 from simudy.models import activation
 from simudy.objectives import box_penalty
 from simudy.simulate import flatten
+from simudy.victim import parameter_change
 
 
 @register
@@ -31,7 +32,8 @@ class KKT(GradientMatching):
         cfg = self.cfg
         self.tensors["lambdas"] = self.weights((self.m,), 0.0, cfg.lambda_init, device)
         self.params = self.params_at("thetaf")
-        self.target = flatten(list(self.victim.thetaf.values())) if cfg.target == "thetaf" else self.change()
+        thetaf = flatten(list(self.victim.thetaf.values()))
+        self.target = thetaf if cfg.target == "thetaf" else -parameter_change(self.victim)
         self.optimizers = [
             torch.optim.SGD([self.tensors["images"]], lr=cfg.lr, momentum=cfg.momentum),
             torch.optim.SGD([self.tensors["lambdas"]], lr=cfg.lambda_lr, momentum=cfg.momentum),

@@ -14,6 +14,7 @@ from simudy.attacks.base import register
 from simudy.attacks.matching import GradientMatching
 from simudy.models import activation
 from simudy.objectives import box_penalty, high_frequency
+from simudy.victim import parameter_change
 
 
 @register
@@ -29,7 +30,7 @@ class Loo(GradientMatching):
         shape = (len(cfg.points), self.m, self.threat.num_outputs)
         self.tensors["duals"] = self.weights(shape, -cfg.dual_init, cfg.dual_init, device)
         self.points = [self.params_at(p) for p in cfg.points]
-        self.target = self.change()
+        self.target = -parameter_change(self.victim)  # θf − θ0
         self.optimizers = [torch.optim.Adam([self.tensors["images"], self.tensors["duals"]], lr=cfg.lr)]
 
     def sharpness(self, step: int) -> float:

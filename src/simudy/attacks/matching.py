@@ -47,10 +47,6 @@ class GradientMatching(IterativeAttack):
         state = self.victim.theta0 if point == "theta0" else self.victim.thetaf
         return {k: v.detach().requires_grad_(True) for k, v in state.items()}
 
-    def change(self) -> torch.Tensor:
-        """θf − θ0, flattened."""
-        return flatten([self.victim.thetaf[k] - self.victim.theta0[k] for k in self.victim.thetaf])
-
     def gradient(self, params: dict[str, torch.Tensor], x: torch.Tensor,
                  term: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """∇θ term(f(x; θ)) at `params`, flattened, differentiable in x and the weights."""
