@@ -97,6 +97,27 @@ class AttackConfig(Strict):
     log_every: int = Field(ge=1)
 
 
+class SimulatorConfig(Strict):
+    """How the simulated training is computed. Every setting yields the same θ̂f and image
+    gradient up to floating-point error; the defaults are Alg. 1 as written."""
+
+    # The straightforward implementation (`simulate_reference.py`), as the benchmark's yardstick.
+    reference: bool = False
+    # Keep only every `remat`-th simulated step's parameters and recompute the steps in between
+    # during the backward pass; None keeps the graph of all steps in memory.
+    remat: int | None = Field(default=None, ge=1)
+    channels_last: bool = False  # NHWC convolutions (faster with oneDNN and cuDNN)
+    # bf16: the forward and backward passes under bf16 autocast; tf32: TensorFloat-32 matmuls
+    # and convolutions on CUDA (no effect on CPU).
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+
+    @model_validator(mode="after")
+    def _reference_is_plain(self) -> SimulatorConfig:
+        if self.reference and (self.remat or self.channels_last or self.precision != "fp32"):
+            raise ValueError("the reference simulator takes no other simulator option")
+        return self
+
+
 class SimuDyConfig(AttackConfig):
     attack: Literal["simudy"]
     init_scale: float  # dummy images ~ init_scale * N(0, 1) in normalised space
@@ -111,6 +132,7 @@ class SimuDyConfig(AttackConfig):
     lr: float = Field(gt=0)
     betas: list[float]
     cosine_period: int = Field(ge=1)  # T_max of the cyclic cosine schedule, in steps
+    simulator: SimulatorConfig = SimulatorConfig()
 
 
 Point = Literal["theta0", "thetaf"]

@@ -10,7 +10,8 @@ import torch
 from simudy.attacks.base import ThreatModel, balanced_labels, register
 from simudy.attacks.optimise import IterativeAttack
 from simudy.objectives import cosine_distance, squared_distance, total_variation
-from simudy.simulate import TrainingPlan, flatten, simulate
+from simudy.simulate import TrainingPlan, flatten, matmul_precision, simulate
+from simudy.simulate_reference import simulate_reference
 from simudy.victim import Victim, parameter_change
 
 
@@ -55,7 +56,11 @@ class SimuDy(IterativeAttack):
         )
 
     def objective(self, x: torch.Tensor, plan: TrainingPlan) -> tuple[torch.Tensor, dict]:
-        sim = simulate(self.victim.model, self.victim.theta0, x, self.labels, plan)
+        options = self.cfg.simulator
+        if options.reference:
+            sim = simulate_reference(self.victim.model, self.victim.theta0, x, self.labels, plan)
+        else:
+            sim = simulate(self.victim.model, self.victim.theta0, x, self.labels, plan, options=options)
         change = flatten(sim.grad_sum)
         if self.cfg.loss == "cosine":
             distance = cosine_distance(change, self.target)
@@ -71,8 +76,9 @@ class SimuDy(IterativeAttack):
         lr = cyclic_cosine(self.cfg.lr, step, self.cfg.cosine_period)
         for group in opt.param_groups:
             group["lr"] = lr
-        loss, parts = self.objective(self.tensors["images"], self.plan(step))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with matmul_precision(self.cfg.simulator):
+            loss, parts = self.objective(self.tensors["images"], self.plan(step))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
         opt.step()
         return {"loss": loss.item(), **parts, "lr": lr}
