@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from simudy import checkpoints, data, pairing, report, train, victim
+from simudy import bench, checkpoints, data, pairing, report, train, victim
 from simudy.config import DEFAULT_REGISTRY, ExperimentConfig, load_experiment, load_registry
 from simudy.errors import SimudyError
 from simudy.reconstruct import reconstruct
@@ -58,6 +58,15 @@ def cmd_report(a) -> None:
 
 def cmd_table(a) -> None:
     report.write_table([pd.read_csv(p) for p in a.rows], a.out, a.methods)
+
+
+def cmd_bench(a) -> None:
+    table = bench.run_benchmark(a.settings, a.out_dir, a.only)
+    print(table.to_markdown(index=False, floatfmt=".4g"))
+
+
+def cmd_bench_one(a) -> None:
+    print(json.dumps(bench.measure_one(a.settings, a.case, a.mode, a.grad_out)))
 
 
 def cmd_show_config(a) -> None:
@@ -108,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     t = add("table", cmd_table, "collect table rows into a markdown table", experiment=False, out="output .md")
     t.add_argument("--methods", nargs="+", help="keep only these methods' rows")
     t.add_argument("rows", nargs="+")
+    b = add("bench", cmd_bench, "benchmark the simulator modes against the straightforward one", experiment=False,
+            settings="benchmark settings (YAML)", out_dir="output directory")
+    b.add_argument("--only", nargs="+", help="run only these cases")
+    o = add("bench-one", cmd_bench_one, "one (case, mode) measurement, printed as JSON", experiment=False,
+            settings="benchmark settings (YAML)", case="case name", mode="mode name")
+    o.add_argument("--grad-out", help="save the first step's loss and image gradient here")
     add("show-config", cmd_show_config, "print an experiment's effective configuration")
     c = add("import-checkpoint", cmd_import_checkpoint, "convert a torch checkpoint to safetensors", experiment=False)
     c.add_argument("src")

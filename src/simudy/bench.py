@@ -1,0 +1,239 @@
+"""Benchmark of SimuDy's simulator modes against the straightforward implementation.
+
+`bench/settings.yaml` names the modes (a `simulator` config each; `reference` is
+`simulate_reference.py`) and two kinds of case:
+- cost: an experiment's SimuDy at given overrides (e.g. ResNet-18 width 64, 120 images) on a
+  seeded random θ0 and target, timed for a few outer steps after a warm-up; also the first
+  step's loss and image gradient, which every mode must reproduce;
+- quality: SimuDy on the experiment's trained victim until the mean SSIM first reaches a
+  threshold; the wall time excludes the evaluations.
+Each (case, mode) runs in a fresh process, so that its peak RSS is its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+import torch
+import yaml
+from pydantic import Field
+
+from simudy.attacks import ThreatModel, get_attack
+from simudy.attacks.base import released
+from simudy.config import SimulatorConfig, Strict, load_experiment
+from simudy.data import load_dataset
+from simudy.devices import pick_device
+from simudy.errors import SimudyError
+from simudy.io import atomic_path, write_json
+from simudy.models import build_model
+from simudy.pairing import evaluate
+from simudy.victim import Victim, load_victim
+
+log = logging.getLogger(__name__)
+
+
+class CostCase(Strict):
+    kind: Literal["cost"]
+    experiment: str
+    profile: str
+    init: dict = {}  # overrides of the experiment's init section (e.g. width)
+    n_images: int = Field(ge=1)
+    image_shape: list[int]
+    num_classes: int
+    steps: int = Field(default=2, ge=1)  # timed outer steps, after one warm-up step
+
+
+class QualityCase(Strict):
+    kind: Literal["quality"]
+    experiment: str
+    profile: str
+    threshold: float  # mean SSIM (paper protocol) to reach
+    max_steps: int = Field(ge=1)
+    eval_every: int = Field(ge=1)
+    attack: dict = {}  # overrides of the experiment's SimuDy config besides `simulator`
+
+
+class Settings(Strict):
+    modes: dict[str, SimulatorConfig]
+    cases: dict[str, CostCase | QualityCase]
+    # Modes per case; a mode's overrides of the attack (e.g. a shorter schedule) go in `tuning`.
+    runs: dict[str, list[str]]
+    tuning: dict[str, dict] = {}
+
+
+def load_settings(path: str | Path) -> Settings:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+        settings = Settings.model_validate(raw, strict=False)
+    except (OSError, yaml.YAMLError, ValueError) as err:
+        raise SimudyError(f"{path}: {err}") from err
+    for case, modes in settings.runs.items():
+        unknown = {case} - set(settings.cases) | set(modes) - set(settings.modes)
+        if unknown:
+            raise SimudyError(f"{path}: runs.{case} names unknown cases or modes: {sorted(unknown)}")
+    return settings
+
+
+# -- one measurement, in its own process ------------------------------------------------------
+
+
+def measure(case: CostCase | QualityCase, simulator: SimulatorConfig, tuning: dict, grad_out: Path | None) -> dict:
+    cfg = load_experiment(case.experiment, case.profile)
+    attack_cfg = cfg.reconstruct.method("simudy")
+    update = {"simulator": simulator, **(case.attack if case.kind == "quality" else {}), **tuning}
+    attack = get_attack(attack_cfg.model_copy(update=update))
+    device = pick_device(attack_cfg.device)
+    if case.kind == "cost":
+        victim = _random_victim(cfg, case)
+        threat = ThreatModel.from_victim(victim, cfg.reconstruct.threat)
+        return _cost(attack, victim, threat, case, device, grad_out)
+    victim_dir = Path("results") / case.experiment / case.profile / "victim"
+    victim = load_victim(victim_dir)
+    threat = ThreatModel.from_victim(victim, cfg.reconstruct.threat)
+    return _time_to_quality(attack, victim, threat, case, load_dataset(victim_dir / "truth.npz"), device)
+
+
+def _random_victim(cfg, case: CostCase) -> Victim:
+    """θ0 of the case's architecture (seeded) and a θf one random step away: the step cost does
+    not depend on what the parameters are."""
+    init = cfg.init.model_copy(update=case.init)
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = build_model(init.arch, tuple(case.image_shape), case.num_classes, **init.model_kwargs()).eval()
+    theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    thetaf = {n: p - 1e-3 * torch.randn(p.shape, generator=gen) for n, p in theta0.items()}
+    meta = {"arch": init.arch, "image_shape": case.image_shape, "num_classes": case.num_classes,
+            "n_images": case.n_images, "mean": [0.0] * case.image_shape[0], "std": [1.0] * case.image_shape[0],
+            "training": {**cfg.victim.model_dump(include={"epochs", "batch_size", "lr", "loss"})}}
+    return Victim(meta=meta, model=model, theta0=theta0, thetaf=thetaf)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+
+
+def _start(attack, victim: Victim, threat: ThreatModel, device: torch.device) -> None:
+    attack.check(threat)
+    attack.tensors, attack.labels, attack.optimizers = {}, None, []
+    attack.setup(released(victim, threat).to(device), threat, device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _cost(attack, victim, threat, case: CostCase, device, grad_out: Path | None) -> dict:
+    _start(attack, victim, threat, device)
+    images = attack.tensors["images"]
+    loss, _ = attack.objective(images, attack.plan(0))
+    (grad,) = torch.autograd.grad(loss, images)
+    if grad_out is not None:
+        torch.save({"loss": loss.detach().cpu(), "grad": grad.cpu()}, grad_out)
+    del loss, grad
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    attack.step(0)  # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    for step in range(1, case.steps + 1):
+        attack.step(step)
+    _sync(device)
+    seconds = (time.perf_counter() - t0) / case.steps
+    return {"seconds_per_step": seconds, "peak_mb": _peak_memory_mb(device), "device": str(device)}
+
+
+def _time_to_quality(attack, victim, threat, case: QualityCase, truth, device) -> dict:
+    _start(attack, victim, threat, device)
+    train = truth.normalised()
+    seconds, reached, ssim = 0.0, None, float("nan")
+    for step in range(case.max_steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        attack.step(step)
+        _sync(device)
+        seconds += time.perf_counter() - t0
+        if (step + 1) % case.eval_every == 0:
+            images = attack.tensors["images"].detach().cpu()
+            ssim = evaluate(train, images, truth.mean, truth.std)[0]["ssim"]
+            if ssim >= case.threshold:
+                reached = step + 1
+                break
+    return {"seconds_to_quality": seconds if reached else None, "steps_to_quality": reached,
+            "final_ssim": ssim, "seconds_per_step": seconds / (step + 1), "peak_mb": _peak_memory_mb(device),
+            "device": str(device)}
+
+
+# -- the whole benchmark ----------------------------------------------------------------------
+
+
+def run_benchmark(settings_path: str | Path, out_dir: str | Path, only: list[str] | None = None) -> pd.DataFrame:
+    """Every (case, mode) of `runs` in a subprocess; writes `bench.csv`, `bench.md` and `bench.json`."""
+    settings = load_settings(settings_path)
+    out_dir = Path(out_dir)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for case, modes in settings.runs.items():
+            if only and case not in only:
+                continue
+            for mode in modes:
+                grad = Path(tmp) / f"{case}.{mode}.pt" if settings.cases[case].kind == "cost" else None
+                row = _subprocess(settings_path, case, mode, grad)
+                rows.append({"case": case, "mode": mode, **row, **_agreement(grad, Path(tmp) / f"{case}.reference.pt")})
+                log.info("%s / %s: %s", case, mode, rows[-1])
+    table = _ratios(pd.DataFrame(rows))
+    with atomic_path(out_dir / "bench.csv") as path:
+        table.to_csv(path, index=False, float_format="%.4g")
+    with atomic_path(out_dir / "bench.md") as path:
+        path.write_text(table.to_markdown(index=False, floatfmt=".4g") + "\n")
+    write_json(out_dir / "bench.json", {"rows": table.to_dict(orient="records")})
+    return table
+
+
+def _subprocess(settings_path, case: str, mode: str, grad: Path | None) -> dict:
+    cmd = [sys.executable, "-m", "simudy", "bench-one", "--settings", str(settings_path), "--case", case,
+           "--mode", mode] + (["--grad-out", str(grad)] if grad else [])
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        # Out of memory is a result (the reference cannot run there), not a crash of the benchmark.
+        log.warning("%s / %s failed (exit %d): %s", case, mode, done.returncode, done.stderr.strip()[-500:])
+        return {"error": f"exit {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _agreement(grad: Path | None, reference: Path) -> dict:
+    """The first step's loss and image gradient against the reference's."""
+    if grad is None or not grad.exists() or not reference.exists():
+        return {}
+    a, b = torch.load(grad, weights_only=True), torch.load(reference, weights_only=True)
+    g, r = a["grad"].flatten().double(), b["grad"].flatten().double()
+    return {"loss_rel_diff": float((a["loss"] - b["loss"]).abs() / b["loss"].abs()),
+            "grad_rel_diff": float((g - r).norm() / r.norm()),
+            "grad_cosine": float(torch.nn.functional.cosine_similarity(g, r, dim=0))}
+
+
+def _ratios(table: pd.DataFrame) -> pd.DataFrame:
+    """Each mode's figures divided by the reference's on the same case, side by side."""
+    for col in ("seconds_per_step", "peak_mb", "seconds_to_quality"):
+        if col not in table:
+            continue
+        ref = table[table["mode"] == "reference"].set_index("case")[col]
+        table[f"{col}_ratio"] = table[col] / table["case"].map(ref)
+    return table
+
+
+def measure_one(settings_path, case: str, mode: str, grad_out: str | None) -> dict:
+    settings = load_settings(settings_path)
+    return measure(settings.cases[case], settings.modes[mode], settings.tuning.get(mode, {}),
+                   Path(grad_out) if grad_out else None)

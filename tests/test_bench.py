@@ -1,0 +1,31 @@
+"""The benchmark measures every mode against the reference on the same case, in its own process."""
+
+import pytest
+import yaml
+
+from simudy.bench import load_settings, run_benchmark
+from simudy.errors import SimudyError
+
+SETTINGS = {
+    "modes": {"reference": {"reference": True}, "lean": {"remat": 1}},
+    "cases": {"tiny": {"kind": "cost", "experiment": "fig4", "profile": "smoke", "n_images": 4,
+                       "image_shape": [3, 4, 4], "num_classes": 10, "steps": 1}},
+    "runs": {"tiny": ["reference", "lean"]},
+}
+
+
+def test_benchmark_writes_ratios_and_agreement(tmp_path):
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump(SETTINGS))
+    table = run_benchmark(path, tmp_path / "out").set_index("mode")
+    assert table.loc["reference", "seconds_per_step_ratio"] == 1.0
+    assert table.loc["lean", "seconds_per_step"] > 0 and table.loc["lean", "peak_mb"] > 0
+    assert table.loc["lean", "grad_rel_diff"] < 1e-6  # rematerialisation is exact
+    assert "lean" in (tmp_path / "out" / "bench.md").read_text()
+
+
+def test_settings_naming_an_unknown_mode_are_rejected(tmp_path):
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump({**SETTINGS, "runs": {"tiny": ["reference", "turbo"]}}))
+    with pytest.raises(SimudyError, match="turbo"):
+        load_settings(path)

@@ -1,0 +1,30 @@
+# `snakemake bench`: the simulator benchmark (bench/settings.yaml) -> results/bench/bench.md.
+# Its quality cases need their experiments' victims, which this rule builds first.
+import yaml
+
+BENCH_SETTINGS = "bench/settings.yaml"
+
+
+def bench_victims(_):
+    cases = yaml.safe_load(open(BENCH_SETTINGS))["cases"].values()
+    runs = {(c["experiment"], c["profile"]) for c in cases if c["kind"] == "quality"}
+    return [f"results/{e}/{p}/victim/thetaf.safetensors" for e, p in sorted(runs)]
+
+
+rule bench:
+    input:
+        settings=BENCH_SETTINGS,
+        victims=bench_victims,
+    output:
+        table="results/bench/bench.md",
+        csv="results/bench/bench.csv",
+        json="results/bench/bench.json",
+    resources:
+        gpu=1,
+    conda:
+        ENV
+    threads: workflow.cores
+    log:
+        "results/bench/bench.log",
+    shell:
+        "simudy --log {log} bench --settings {input.settings} --out-dir $(dirname {output.table})"
