@@ -24,6 +24,8 @@ from torch.utils.checkpoint import checkpoint
 from simudy.config import SimulatorConfig
 from simudy.losses import LossKind, training_loss
 
+PAPER = SimulatorConfig()  # Alg. 1 as written
+
 
 @dataclass(frozen=True)
 class TrainingPlan:
@@ -57,7 +59,7 @@ def simulate(
     labels: torch.Tensor,
     plan: TrainingPlan,
     create_graph: bool = True,
-    options: SimulatorConfig = SimulatorConfig(),
+    options: SimulatorConfig = PAPER,
 ) -> Simulation:
     """Run `plan` from `theta0` on `images` in their given order (shuffle off)."""
     names = list(theta0)
