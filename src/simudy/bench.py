@@ -123,6 +123,13 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
 
 
+def _current_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")  # not Linux
+
+
 def _start(attack, victim: Victim, threat: ThreatModel, device: torch.device) -> None:
     attack.check(threat)
     attack.tensors, attack.labels, attack.optimizers = {}, None, []
@@ -136,6 +143,8 @@ def _sync(device: torch.device) -> None:
 
 def _cost(attack, victim, threat, case: CostCase, device, grad_out: Path | None) -> dict:
     _start(attack, victim, threat, device)
+    # The interpreter, torch and the model before any simulation: common to every mode.
+    baseline = _current_rss_mb() if device.type == "cpu" else 0.0
     images = attack.tensors["images"]
     loss, _ = attack.objective(images, attack.plan(0))
     (grad,) = torch.autograd.grad(loss, images)
@@ -151,7 +160,9 @@ def _cost(attack, victim, threat, case: CostCase, device, grad_out: Path | None)
         attack.step(step)
     _sync(device)
     seconds = (time.perf_counter() - t0) / case.steps
-    return {"seconds_per_step": seconds, "peak_mb": _peak_memory_mb(device), "device": str(device)}
+    peak = _peak_memory_mb(device)
+    return {"seconds_per_step": seconds, "peak_mb": peak, "peak_above_start_mb": peak - baseline,
+            "device": str(device)}
 
 
 def _time_to_quality(attack, victim, threat, case: QualityCase, truth, device) -> dict:
@@ -225,7 +236,7 @@ def _agreement(grad: Path | None, reference: Path) -> dict:
 
 def _ratios(table: pd.DataFrame) -> pd.DataFrame:
     """Each mode's figures divided by the reference's on the same case, side by side."""
-    for col in ("seconds_per_step", "peak_mb", "seconds_to_quality"):
+    for col in ("seconds_per_step", "peak_mb", "peak_above_start_mb", "seconds_to_quality"):
         if col not in table:
             continue
         ref = table[table["mode"] == "reference"].set_index("case")[col]

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.func import functional_call
-from torch.utils.checkpoint import checkpoint
 
 from simudy.config import SimulatorConfig
 from simudy.losses import LossKind, training_loss
@@ -63,53 +62,88 @@ def simulate(
 ) -> Simulation:
     """Run `plan` from `theta0` on `images` in their given order (shuffle off)."""
     names = list(theta0)
-    state = [_layout(v.detach(), options).requires_grad_(True) for v in theta0.values()]
-    state += [torch.zeros_like(p) for p in state]  # the running Σ of step gradients
+    params = [_layout(v.detach(), options) for v in theta0.values()]
     x = _layout(images, options)
+    steps = _Steps(model, names, labels, plan, options)
     batches = plan.batches(len(images))
-    segment = options.remat or len(batches)
-    clipped = 0
-    for first in range(0, len(batches), segment):
-        run = _Segment(model, names, labels, plan, options, batches[first : first + segment], create_graph)
-        if options.remat and create_graph:
-            out = checkpoint(run, x, *state, use_reentrant=False)
-        else:
-            out = run(x, *state)
-        state, clipped = list(out[:-1]), clipped + out[-1]
-    k = len(names)
-    return Simulation(grad_sum=state[k:], final=dict(zip(names, state[:k])), clipped_steps=clipped)
+    if options.remat and create_graph:
+        segments = [batches[i : i + options.remat] for i in range(0, len(batches), options.remat)]
+        counts: list[int] = []
+        out = _Rematerialised.apply(steps, segments, counts, x, *params)
+        final, grad_sum, clipped = list(out[: len(names)]), list(out[len(names) :]), sum(counts)
+    else:
+        final, grad_sum, clipped = steps(batches, x, [p.requires_grad_(True) for p in params], create_graph)
+    return Simulation(grad_sum=grad_sum, final=dict(zip(names, final)), clipped_steps=clipped)
 
 
 @dataclass
-class _Segment:
-    """Consecutive simulated steps as one function of (images, θ, Σ grads), so that
-    `checkpoint` can drop its graph after the forward pass and rebuild it on demand."""
+class _Steps:
+    """Consecutive simulated SGD steps from given parameters; returns the parameters after
+    them, the sum of their (clipped) gradients and how many steps were clipped."""
 
     model: nn.Module
     names: list[str]
     labels: torch.Tensor
     plan: TrainingPlan
     options: SimulatorConfig
-    batches: list[slice]
-    create_graph: bool
 
-    def __call__(self, x: torch.Tensor, *state: torch.Tensor) -> tuple:
-        k, plan = len(self.names), self.plan
-        params, grad_sum = list(state[:k]), list(state[k:])
-        buffers = dict(self.model.named_buffers())
+    def __call__(self, batches: list[slice], x: torch.Tensor, params: list[torch.Tensor],
+                 create_graph: bool) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+        plan, buffers = self.plan, dict(self.model.named_buffers())
+        grad_sum = [torch.zeros_like(p) for p in params]
         clipped = 0
-        for batch in self.batches:
+        for batch in batches:
             with _autocast(self.options, x.device):
                 out = functional_call(self.model, (dict(zip(self.names, params)), buffers), (x[batch],))
             if out.dtype == torch.bfloat16:
                 out = out.float()  # the loss and its gradient in full precision
             loss = training_loss(plan.loss, out, self.labels[batch])
-            grads = torch.autograd.grad(loss, params, create_graph=self.create_graph)
+            grads = torch.autograd.grad(loss, params, create_graph=create_graph)
             grads, was_clipped = clip_step(grads, plan)
             clipped += was_clipped
             params = [p - plan.lr * g for p, g in zip(params, grads)]
             grad_sum = [s + g for s, g in zip(grad_sum, grads)]
-        return (*params, *grad_sum, clipped)
+        return params, grad_sum, clipped
+
+
+class _Rematerialised(torch.autograd.Function):
+    """The simulation with only segment boundaries kept: the forward pass trains without a
+    graph, saving the parameters where each segment starts; the backward pass rebuilds one
+    segment's graph at a time, last first, and carries the adjoint of θ back through it."""
+
+    @staticmethod
+    def forward(ctx, steps: _Steps, segments: list[list[slice]], counts: list[int], x: torch.Tensor,
+                *theta0: torch.Tensor):
+        params, total, starts = list(theta0), None, []
+        with torch.enable_grad():
+            for segment in segments:
+                starts.append(params)
+                inputs = [p.detach().requires_grad_(True) for p in params]
+                params, grad_sum, clipped = steps(segment, x.detach(), inputs, create_graph=False)
+                params = [p.detach() for p in params]
+                total = grad_sum if total is None else [t + g for t, g in zip(total, grad_sum)]
+                counts.append(clipped)
+        ctx.steps, ctx.segments, ctx.starts = steps, segments, starts
+        ctx.save_for_backward(x)
+        return (*params, *[t.detach() for t in total])
+
+    @staticmethod
+    def backward(ctx, *adjoint: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        k = len(adjoint) // 2
+        adj_params, adj_sum = list(adjoint[:k]), list(adjoint[k:])  # Σ grads is additive over segments
+        grad_x = torch.zeros_like(x)
+        for segment, start in zip(reversed(ctx.segments), reversed(ctx.starts)):
+            with torch.enable_grad():
+                xs = x.detach().requires_grad_(True)
+                inputs = [p.detach().requires_grad_(True) for p in start]
+                params, grad_sum, _ = ctx.steps(segment, xs, inputs, create_graph=True)
+                got = torch.autograd.grad([*params, *grad_sum], [xs, *inputs], [*adj_params, *adj_sum],
+                                          allow_unused=True)
+            grad_x += got[0]
+            adj_params = [torch.zeros_like(p) if g is None else g for g, p in zip(got[1:], inputs)]
+        theta0_grads = adj_params if any(ctx.needs_input_grad[4:]) else [None] * k
+        return (None, None, None, grad_x, *theta0_grads)
 
 
 def clip_step(grads: tuple[torch.Tensor, ...], plan: TrainingPlan) -> tuple[list[torch.Tensor], bool]:
