@@ -91,10 +91,11 @@ def test_every_simulator_mode_matches_the_straightforward_implementation():
     theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
     target = torch.randn(sum(p.numel() for p in theta0.values()), dtype=torch.float64)
     x, labels = torch.randn(6, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 0, 1])
-    plan = TrainingPlan(epochs=2, batch_size=4, lr=0.1, clip_max_norm=1.0, clip_to_norm=0.5)
+    plan = TrainingPlan(epochs=2, batch_size=4, lr=0.1, clip_max_norm=0.3, clip_to_norm=0.15)
     ref_loss, ref_grad, ref_final = _image_gradient(simulate_reference, model, theta0, x, labels, plan, target)
+    assert 0 < simulate_reference(model, theta0, x, labels, plan).clipped_steps < 4  # both branches of clipping
     for options in [SimulatorConfig(), SimulatorConfig(remat=1), SimulatorConfig(remat=3),
-                    SimulatorConfig(remat=2, channels_last=True)]:
+                    SimulatorConfig(remat=1, chunk=3), SimulatorConfig(remat=2, chunk=1, channels_last=True)]:
         run = partial(simulate, options=options)
         loss, grad, final = _image_gradient(run, model, theta0, x, labels, plan, target)
         torch.testing.assert_close(loss, ref_loss, rtol=1e-10, atol=1e-12)

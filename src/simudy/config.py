@@ -106,6 +106,8 @@ class SimulatorConfig(Strict):
     # Keep only every `remat`-th simulated step's parameters and recompute the steps in between
     # during the backward pass; None keeps the graph of all steps in memory.
     remat: int | None = Field(default=None, ge=1)
+    # With remat: rebuild a step's graph this many images at a time (None: the whole batch).
+    chunk: int | None = Field(default=None, ge=1)
     channels_last: bool = False  # NHWC convolutions (faster with oneDNN and cuDNN)
     # bf16: the forward and backward passes under bf16 autocast; tf32: TensorFloat-32 matmuls
     # and convolutions on CUDA (no effect on CPU).
@@ -115,6 +117,8 @@ class SimulatorConfig(Strict):
     def _reference_is_plain(self) -> SimulatorConfig:
         if self.reference and (self.remat or self.channels_last or self.precision != "fp32"):
             raise ValueError("the reference simulator takes no other simulator option")
+        if self.chunk and not self.remat:
+            raise ValueError("chunk applies to the rematerialised backward pass: set remat too")
         return self
 
 

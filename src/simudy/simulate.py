@@ -78,8 +78,9 @@ def simulate(
 
 @dataclass
 class _Steps:
-    """Consecutive simulated SGD steps from given parameters; returns the parameters after
-    them, the sum of their (clipped) gradients and how many steps were clipped."""
+    """Simulated SGD steps: `__call__` runs several with autograd recording them; `advance` and
+    `vjp` are one step without a graph and one step's vector-Jacobian product, for the
+    rematerialised backward pass."""
 
     model: nn.Module
     names: list[str]
@@ -87,61 +88,107 @@ class _Steps:
     plan: TrainingPlan
     options: SimulatorConfig
 
+    def loss(self, x: torch.Tensor, rows: slice, params: list[torch.Tensor], weight: float = 1.0) -> torch.Tensor:
+        buffers = dict(self.model.named_buffers())
+        with _autocast(self.options, x.device):
+            out = functional_call(self.model, (dict(zip(self.names, params)), buffers), (x,))
+        if out.dtype == torch.bfloat16:
+            out = out.float()  # the loss and its gradient in full precision
+        return weight * training_loss(self.plan.loss, out, self.labels[rows])
+
     def __call__(self, batches: list[slice], x: torch.Tensor, params: list[torch.Tensor],
                  create_graph: bool) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
-        plan, buffers = self.plan, dict(self.model.named_buffers())
+        """The parameters after `batches`, the sum of the (clipped) step gradients, the clipped count."""
         grad_sum = [torch.zeros_like(p) for p in params]
         clipped = 0
         for batch in batches:
-            with _autocast(self.options, x.device):
-                out = functional_call(self.model, (dict(zip(self.names, params)), buffers), (x[batch],))
-            if out.dtype == torch.bfloat16:
-                out = out.float()  # the loss and its gradient in full precision
-            loss = training_loss(plan.loss, out, self.labels[batch])
-            grads = torch.autograd.grad(loss, params, create_graph=create_graph)
-            grads, was_clipped = clip_step(grads, plan)
+            grads = torch.autograd.grad(self.loss(x[batch], batch, params), params, create_graph=create_graph)
+            grads, was_clipped = clip_step(grads, self.plan)
             clipped += was_clipped
-            params = [p - plan.lr * g for p, g in zip(params, grads)]
+            params = [p - self.plan.lr * g for p, g in zip(params, grads)]
             grad_sum = [s + g for s, g in zip(grad_sum, grads)]
         return params, grad_sum, clipped
+
+    def advance(self, batch: slice, x: torch.Tensor, params: list[torch.Tensor]):
+        with torch.enable_grad():
+            inputs = [p.detach().requires_grad_(True) for p in params]
+            after, grads, clipped = self([batch], x.detach(), inputs, create_graph=False)
+        return [p.detach() for p in after], grads, clipped
+
+    def vjp(self, batch: slice, x: torch.Tensor, params: list[torch.Tensor], adj_after: list[torch.Tensor],
+            adj_sum: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Pull the adjoints of θ after the step and of Σ grads back to the images of `batch` and
+        θ before the step. The step's gradient is a mean over images (eval-mode BatchNorm), so
+        its graph is rebuilt `options.chunk` images at a time."""
+        plan = self.plan
+        adj_grad = [s - plan.lr * a for s, a in zip(adj_sum, adj_after)]  # θ' = θ − lr·c(g), Σ += c(g)
+        rows = range(batch.start, min(batch.stop, len(x)))
+        size = self.options.chunk or len(rows)
+        if plan.clip_max_norm is not None:
+            adj_grad = _clip_vjp(self._gradient(batch, x, params), adj_grad, plan)
+        grad_x = torch.zeros_like(x[batch])
+        adj_before = list(adj_after)
+        for first in range(0, len(rows), size):
+            chunk = slice(rows[first], rows[first] + min(size, len(rows) - first))
+            with torch.enable_grad():
+                xc = x[chunk].detach().requires_grad_(True)
+                inputs = [p.detach().requires_grad_(True) for p in params]
+                grads = torch.autograd.grad(self.loss(xc, chunk, inputs, (chunk.stop - chunk.start) / len(rows)),
+                                            inputs, create_graph=True)
+                got = torch.autograd.grad(grads, [xc, *inputs], adj_grad, allow_unused=True)
+            grad_x[chunk.start - rows[0] : chunk.stop - rows[0]] = got[0]
+            adj_before = [a if g is None else a + g for a, g in zip(adj_before, got[1:])]
+        return grad_x, adj_before
+
+    def _gradient(self, batch: slice, x: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        with torch.enable_grad():
+            inputs = [p.detach().requires_grad_(True) for p in params]
+            return list(torch.autograd.grad(self.loss(x[batch].detach(), batch, inputs), inputs))
+
+
+def _clip_vjp(grad: list[torch.Tensor], adjoint: list[torch.Tensor], plan: TrainingPlan) -> list[torch.Tensor]:
+    """Adjoint of g ↦ clip(g): the identity below the threshold, else of g·t/‖g‖, which is
+    (t/‖g‖)·(a − (g·a/‖g‖²)·g)."""
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in grad))
+    if norm.item() <= plan.clip_max_norm:
+        return adjoint
+    along = sum((g * a).sum() for g, a in zip(grad, adjoint)) / norm**2
+    return [(plan.clip_to_norm / norm) * (a - along * g) for g, a in zip(grad, adjoint)]
 
 
 class _Rematerialised(torch.autograd.Function):
     """The simulation with only segment boundaries kept: the forward pass trains without a
-    graph, saving the parameters where each segment starts; the backward pass rebuilds one
-    segment's graph at a time, last first, and carries the adjoint of θ back through it."""
+    graph, saving θ where each segment starts; the backward pass recomputes a segment's
+    parameters (again without a graph) and pulls the adjoints back one step at a time."""
 
     @staticmethod
     def forward(ctx, steps: _Steps, segments: list[list[slice]], counts: list[int], x: torch.Tensor,
                 *theta0: torch.Tensor):
-        params, total, starts = list(theta0), None, []
-        with torch.enable_grad():
-            for segment in segments:
-                starts.append(params)
-                inputs = [p.detach().requires_grad_(True) for p in params]
-                params, grad_sum, clipped = steps(segment, x.detach(), inputs, create_graph=False)
-                params = [p.detach() for p in params]
-                total = grad_sum if total is None else [t + g for t, g in zip(total, grad_sum)]
+        params, starts = list(theta0), []
+        total = [torch.zeros_like(p) for p in params]
+        for segment in segments:
+            starts.append(params)
+            for batch in segment:
+                params, grads, clipped = steps.advance(batch, x, params)
+                total = [t + g.detach() for t, g in zip(total, grads)]
                 counts.append(clipped)
         ctx.steps, ctx.segments, ctx.starts = steps, segments, starts
         ctx.save_for_backward(x)
-        return (*params, *[t.detach() for t in total])
+        return (*params, *total)
 
     @staticmethod
     def backward(ctx, *adjoint: torch.Tensor):
         (x,) = ctx.saved_tensors
         k = len(adjoint) // 2
-        adj_params, adj_sum = list(adjoint[:k]), list(adjoint[k:])  # Σ grads is additive over segments
+        adj_params, adj_sum = list(adjoint[:k]), list(adjoint[k:])  # Σ grads is additive over steps
         grad_x = torch.zeros_like(x)
         for segment, start in zip(reversed(ctx.segments), reversed(ctx.starts)):
-            with torch.enable_grad():
-                xs = x.detach().requires_grad_(True)
-                inputs = [p.detach().requires_grad_(True) for p in start]
-                params, grad_sum, _ = ctx.steps(segment, xs, inputs, create_graph=True)
-                got = torch.autograd.grad([*params, *grad_sum], [xs, *inputs], [*adj_params, *adj_sum],
-                                          allow_unused=True)
-            grad_x += got[0]
-            adj_params = [torch.zeros_like(p) if g is None else g for g, p in zip(got[1:], inputs)]
+            befores = [start]
+            for batch in segment[:-1]:
+                befores.append(ctx.steps.advance(batch, x, befores[-1])[0])
+            for batch, params in zip(reversed(segment), reversed(befores)):
+                gx, adj_params = ctx.steps.vjp(batch, x, params, adj_params, adj_sum)
+                grad_x[batch] += gx
         theta0_grads = adj_params if any(ctx.needs_input_grad[4:]) else [None] * k
         return (None, None, None, grad_x, *theta0_grads)
 
