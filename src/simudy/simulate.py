@@ -5,9 +5,10 @@ gradient is taken with `create_graph=True`, so the simulated final parameters, a
 on them, can be differentiated with respect to the images. The model stays in eval mode, as
 in the victim's training, so BatchNorm is the fixed affine map of θ0's running statistics.
 
-`SimulatorConfig` picks how it is computed, never what: rematerialisation keeps only segment
-boundaries and rebuilds a segment's graph during the backward pass (memory for time), and the
-layout and precision switches trade exactness for speed. `simulate_reference.py` keeps the
+`SimulatorConfig` picks how it is computed, never what: rematerialisation keeps only the
+parameters at segment boundaries and, in the backward pass, recomputes the steps in between
+and pulls the adjoints back one step (and one chunk of images) at a time: memory for time,
+exactly. The layout and precision switches trade exactness for speed. `simulate_reference.py` keeps the
 plain unrolled loop to measure and test against.
 """
 
