@@ -1,15 +1,5 @@
 # `snakemake bench`: the simulator benchmark (bench/settings.yaml) -> results/bench/bench.md.
 # Its quality cases need their experiments' victims, which this rule builds first.
-import yaml
-
-BENCH_SETTINGS = "bench/settings.yaml"
-
-
-def bench_victims(_):
-    cases = yaml.safe_load(open(BENCH_SETTINGS))["cases"].values()
-    runs = {(c["experiment"], c["profile"]) for c in cases if c["kind"] == "quality"}
-    return [f"results/{e}/{p}/victim/thetaf.safetensors" for e, p in sorted(runs)]
-
 
 rule bench:
     input:

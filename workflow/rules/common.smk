@@ -1,5 +1,7 @@
 import json
 
+import yaml
+
 from simudy.config import load_registry
 
 REGISTRY = config["registry"]
@@ -8,6 +10,7 @@ PROFILE = config.get("profile") or REG.active_profile
 # Rules run `simudy` from the active environment; with --use-conda, from this one.
 ENV = "../../environment.yml"
 RUN = "results/{experiment}/{profile}"
+BENCH_SETTINGS = "bench/settings.yaml"
 
 
 
@@ -40,3 +43,10 @@ def dataset_file(w):
 def report_files(experiment, profile):
     run = RUN.format(experiment=experiment, profile=profile)
     return [f"{run}/report/figure.png", f"{run}/report/loss.png", f"{run}/report/rows.csv", f"{run}/metrics.json"]
+
+
+def bench_victims(_):
+    """The victims the benchmark's quality cases run on."""
+    cases = yaml.safe_load(open(BENCH_SETTINGS))["cases"].values()
+    runs = {(c["experiment"], c["profile"]) for c in cases if c["kind"] == "quality"}
+    return [f"results/{e}/{p}/victim/thetaf.safetensors" for e, p in sorted(runs)]
