@@ -3,6 +3,8 @@ curves, and results table rows."""
 
 from __future__ import annotations
 
+import textwrap
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +87,17 @@ def _title(cfg: ExperimentConfig, r: MethodResult) -> str:
             f"mean SSIM {r.metrics['ssim']:.4f} over {r.metrics['n_train']} images{paper}")
 
 
+def _wrap(text: str, width_inches: float) -> str:
+    """Break a title into lines that fit the figure (about 15 characters per inch at 9 pt)."""
+    chars = max(12, int(15 * width_inches))
+    return "\n".join(part for line in text.split("\n") for part in textwrap.wrap(line, chars))
+
+
+def _title_height(heading: str) -> float:
+    """Inches above the images for a 9 pt heading of that many lines."""
+    return 0.25 + 0.17 * (heading.count("\n") + 1)
+
+
 def comparison_figure(path, train_px: np.ndarray, results: list[MethodResult], title: str, show: int,
                       columns: int) -> None:
     """Training images (first row of each block) above every method's reconstruction matched to
@@ -94,7 +107,10 @@ def comparison_figure(path, train_px: np.ndarray, results: list[MethodResult], t
     matched = [r.pairs.set_index("train") for r in results]
     blocks, rows = -(-len(order) // columns), 1 + len(results)
     ratios = ([1] * rows + [0.25]) * blocks
-    fig, axes = plt.subplots(len(ratios) - 1, columns, figsize=(1.1 * columns + 1.2, 1.15 * rows * blocks + 0.7),
+    summary = ", ".join(f"{r.name} {r.metrics['ssim']:.4f}" for r in results)
+    width = 1.1 * columns + 1.2
+    heading = _wrap(f"{title}\nmean SSIM: {summary}", width)
+    fig, axes = plt.subplots(len(ratios) - 1, columns, figsize=(width, 1.15 * rows * blocks + _title_height(heading)),
                              squeeze=False, gridspec_kw={"height_ratios": ratios[:-1], "hspace": 0.2, "wspace": 0.05})
     for ax in axes.flat:
         ax.axis("off")
@@ -111,9 +127,8 @@ def comparison_figure(path, train_px: np.ndarray, results: list[MethodResult], t
         for r, label in enumerate(["training", *(res.name for res in results)]):
             axes[top + r, 0].text(-0.1, 0.5, label, transform=axes[top + r, 0].transAxes, ha="right", va="center",
                                   fontsize=7)
-    summary = ", ".join(f"{r.name} {r.metrics['ssim']:.4f}" for r in results)
-    fig.suptitle(f"{title}\nmean SSIM: {summary}", fontsize=9)
-    fig.subplots_adjust(left=1.2 / fig.get_figwidth(), right=0.99, bottom=0.01, top=1 - 0.6 / fig.get_figheight())
+    fig.suptitle(heading, fontsize=9)
+    fig.subplots_adjust(left=1.2 / width, right=0.99, bottom=0.01, top=1 - _title_height(heading) / fig.get_figheight())
     _save(fig, path)
 
 
@@ -125,7 +140,9 @@ def reconstruction_figure(path, recon_px: np.ndarray, train_px: np.ndarray, pair
     blocks = -(-len(top) // columns)
     # Each block is a row of reconstructions over a row of originals, then a thin spacer.
     ratios = ([1, 1, 0.25] * blocks)[:-1]
-    fig, axes = plt.subplots(len(ratios), columns, figsize=(1.1 * columns, 2.5 * blocks + 0.6), squeeze=False,
+    heading = _wrap(title, 1.1 * columns)
+    fig, axes = plt.subplots(len(ratios), columns, figsize=(1.1 * columns, 2.5 * blocks + _title_height(heading)),
+                             squeeze=False,
                              gridspec_kw={"height_ratios": ratios, "hspace": 0.12, "wspace": 0.05})
     for ax in axes.flat:
         ax.axis("off")
@@ -134,8 +151,8 @@ def reconstruction_figure(path, recon_px: np.ndarray, train_px: np.ndarray, pair
         _show(axes[3 * b, c], recon_px[row.recon])
         axes[3 * b, c].set_title(f"{row.ssim:.2f}", fontsize=7, pad=2)
         _show(axes[3 * b + 1, c], train_px[row.train])
-    fig.suptitle(title, fontsize=9)
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.55 / fig.get_figheight())
+    fig.suptitle(heading, fontsize=9)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - _title_height(heading) / fig.get_figheight())
     _save(fig, path)
 
 

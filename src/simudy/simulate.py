@@ -117,15 +117,16 @@ class _Steps:
         return [p.detach() for p in after], grads, clipped
 
     def vjp(self, batch: slice, x: torch.Tensor, params: list[torch.Tensor], adj_after: list[torch.Tensor],
-            adj_sum: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            adj_sum: list[torch.Tensor], clipped: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Pull the adjoints of θ after the step and of Σ grads back to the images of `batch` and
         θ before the step. The step's gradient is a mean over images (eval-mode BatchNorm), so
-        its graph is rebuilt `options.chunk` images at a time."""
+        its graph is rebuilt `options.chunk` images at a time. `clipped`: whether the forward
+        pass clipped this step (only then is its full gradient needed first)."""
         plan = self.plan
         adj_grad = [s - plan.lr * a for s, a in zip(adj_sum, adj_after)]  # θ' = θ − lr·c(g), Σ += c(g)
         rows = range(batch.start, min(batch.stop, len(x)))
         size = self.options.chunk or len(rows)
-        if plan.clip_max_norm is not None:
+        if clipped:
             adj_grad = _clip_vjp(self._gradient(batch, x, params), adj_grad, plan)
         grad_x = torch.zeros_like(x[batch])
         adj_before = list(adj_after)
@@ -148,11 +149,8 @@ class _Steps:
 
 
 def _clip_vjp(grad: list[torch.Tensor], adjoint: list[torch.Tensor], plan: TrainingPlan) -> list[torch.Tensor]:
-    """Adjoint of g ↦ clip(g): the identity below the threshold, else of g·t/‖g‖, which is
-    (t/‖g‖)·(a − (g·a/‖g‖²)·g)."""
+    """Adjoint of a clipped step's g ↦ g·t/‖g‖: (t/‖g‖)·(a − (g·a/‖g‖²)·g)."""
     norm = torch.sqrt(sum(g.pow(2).sum() for g in grad))
-    if norm.item() <= plan.clip_max_norm:
-        return adjoint
     along = sum((g * a).sum() for g, a in zip(grad, adjoint)) / norm**2
     return [(plan.clip_to_norm / norm) * (a - along * g) for g, a in zip(grad, adjoint)]
 
@@ -173,7 +171,7 @@ class _Rematerialised(torch.autograd.Function):
                 params, grads, clipped = steps.advance(batch, x, params)
                 total = [t + g.detach() for t, g in zip(total, grads)]
                 counts.append(clipped)
-        ctx.steps, ctx.segments, ctx.starts = steps, segments, starts
+        ctx.steps, ctx.segments, ctx.starts, ctx.clipped = steps, segments, starts, list(counts)
         ctx.save_for_backward(x)
         return (*params, *total)
 
@@ -183,12 +181,13 @@ class _Rematerialised(torch.autograd.Function):
         k = len(adjoint) // 2
         adj_params, adj_sum = list(adjoint[:k]), list(adjoint[k:])  # Σ grads is additive over steps
         grad_x = torch.zeros_like(x)
+        clipped = iter(reversed(ctx.clipped))  # one flag per step, in step order
         for segment, start in zip(reversed(ctx.segments), reversed(ctx.starts)):
             befores = [start]
             for batch in segment[:-1]:
                 befores.append(ctx.steps.advance(batch, x, befores[-1])[0])
             for batch, params in zip(reversed(segment), reversed(befores)):
-                gx, adj_params = ctx.steps.vjp(batch, x, params, adj_params, adj_sum)
+                gx, adj_params = ctx.steps.vjp(batch, x, params, adj_params, adj_sum, bool(next(clipped)))
                 grad_x[batch] += gx
         theta0_grads = adj_params if any(ctx.needs_input_grad[4:]) else [None] * k
         return (None, None, None, grad_x, *theta0_grads)
