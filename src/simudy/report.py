@@ -88,8 +88,8 @@ def _title(cfg: ExperimentConfig, r: MethodResult) -> str:
 
 
 def _wrap(text: str, width_inches: float) -> str:
-    """Break a title into lines that fit the figure (about 15 characters per inch at 9 pt)."""
-    chars = max(12, int(15 * width_inches))
+    """Break a title into lines that fit the figure (about 12 characters per inch at 9 pt)."""
+    chars = max(12, int(12 * width_inches))
     return "\n".join(part for line in text.split("\n") for part in textwrap.wrap(line, chars))
 
 
