@@ -4,7 +4,6 @@ curves, and results table rows."""
 from __future__ import annotations
 
 import textwrap
-
 from dataclasses import dataclass
 from pathlib import Path
 
