@@ -28,7 +28,6 @@ import yaml
 from pydantic import Field
 
 from simudy.attacks import ThreatModel, get_attack
-from simudy.attacks.base import released
 from simudy.config import SimulatorConfig, Strict, load_experiment
 from simudy.data import load_dataset
 from simudy.devices import pick_device
@@ -89,8 +88,12 @@ def load_settings(path: str | Path) -> Settings:
 def measure(case: CostCase | QualityCase, simulator: SimulatorConfig, tuning: dict, grad_out: Path | None) -> dict:
     cfg = load_experiment(case.experiment, case.profile)
     attack_cfg = cfg.reconstruct.method("simudy")
-    update = {"simulator": simulator, **(case.attack if case.kind == "quality" else {}), **tuning}
-    attack = get_attack(attack_cfg.model_copy(update=update))
+    update = {**(case.attack if case.kind == "quality" else {}), **tuning, "simulator": simulator.model_dump()}
+    try:
+        attack_cfg = type(attack_cfg).model_validate(attack_cfg.model_dump() | update)
+    except ValueError as err:
+        raise SimudyError(f"benchmark overrides of {case.experiment}'s simudy config: {err}") from err
+    attack = get_attack(attack_cfg)
     device = pick_device(attack_cfg.device)
     if case.kind == "cost":
         victim = _random_victim(cfg, case)
@@ -130,19 +133,13 @@ def _current_rss_mb() -> float:
     return float("nan")  # not Linux
 
 
-def _start(attack, victim: Victim, threat: ThreatModel, device: torch.device) -> None:
-    attack.check(threat)
-    attack.tensors, attack.labels, attack.optimizers = {}, None, []
-    attack.setup(released(victim, threat).to(device), threat, device)
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def _cost(attack, victim, threat, case: CostCase, device, grad_out: Path | None) -> dict:
-    _start(attack, victim, threat, device)
+    attack.start(victim, threat, device)
     # The interpreter, torch and the model before any simulation: common to every mode.
     baseline = _current_rss_mb() if device.type == "cpu" else 0.0
     images = attack.tensors["images"]
@@ -166,7 +163,7 @@ def _cost(attack, victim, threat, case: CostCase, device, grad_out: Path | None)
 
 
 def _time_to_quality(attack, victim, threat, case: QualityCase, truth, device) -> dict:
-    _start(attack, victim, threat, device)
+    attack.start(victim, threat, device)
     train = truth.normalised()
     seconds, reached, ssim = 0.0, None, float("nan")
     for step in range(case.max_steps):

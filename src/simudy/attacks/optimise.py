@@ -42,13 +42,8 @@ class IterativeAttack(Attack):
 
     def run(self, victim: Victim, threat: ThreatModel, workdir: Path) -> Reconstruction:
         cfg = self.cfg
-        self.check(threat)
         device = pick_device(cfg.device)
-        victim = released(victim, threat).to(device)
-        self.tensors: dict[str, torch.Tensor] = {}
-        self.labels: torch.Tensor | None = None
-        self.optimizers: list[torch.optim.Optimizer] = []
-        self.setup(victim, threat, device)
+        victim = self.start(victim, threat, device)
         columns = ["step", *self.columns, "seconds"]
         thetaf = flatten(list(victim.thetaf.values())).cpu()
         key = fingerprint(cfg.model_dump(), sorted(threat.granted), victim.meta, thetaf)
@@ -77,6 +72,17 @@ class IterativeAttack(Attack):
                 "final_loss": float(rows[-1]["loss"]) if rows else None, "loss_rows": rows}
         labels = None if self.labels is None else self.labels.cpu()
         return Reconstruction(images=self.images().detach().cpu(), labels=labels, info=info)
+
+    def start(self, victim: Victim, threat: ThreatModel, device: torch.device) -> Victim:
+        """Check the threat model, then set up the tensors and optimisers on `device` for the
+        victim as released; returns that victim."""
+        self.check(threat)
+        victim = released(victim, threat).to(device)
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.labels: torch.Tensor | None = None
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.setup(victim, threat, device)
+        return victim
 
     def _capture(self) -> dict[str, torch.Tensor]:
         out = {f"tensor.{k}": v.detach().cpu() for k, v in self.tensors.items()}
