@@ -2,6 +2,8 @@
 
 from functools import partial
 
+import pydantic
+import pytest
 import torch
 
 from simudy.config import SimulatorConfig, VictimConfig
@@ -95,12 +97,27 @@ def test_every_simulator_mode_matches_the_straightforward_implementation():
     ref_loss, ref_grad, ref_final = _image_gradient(simulate_reference, model, theta0, x, labels, plan, target)
     assert 0 < simulate_reference(model, theta0, x, labels, plan).clipped_steps < 4  # both branches of clipping
     for options in [SimulatorConfig(), SimulatorConfig(remat=1), SimulatorConfig(remat=3),
-                    SimulatorConfig(remat=1, chunk=3), SimulatorConfig(remat=2, chunk=1, channels_last=True)]:
+                    SimulatorConfig(remat=1, chunk=3), SimulatorConfig(remat=2, chunk=1, channels_last=True),
+                    SimulatorConfig(remat=1, vjp="jvp"), SimulatorConfig(remat=3, chunk=3, vjp="jvp")]:
         run = partial(simulate, options=options)
         loss, grad, final = _image_gradient(run, model, theta0, x, labels, plan, target)
         torch.testing.assert_close(loss, ref_loss, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(grad, ref_grad, rtol=1e-8, atol=1e-12)
         torch.testing.assert_close(final["linear.weight"], ref_final["linear.weight"])
+
+
+def test_forward_mode_vjp_matches_on_a_binary_logistic_model():
+    torch.manual_seed(4)
+    model = build_model("mlp", (3, 4, 4), 1, hidden=[8, 8], bias=False).double().eval()
+    theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    target = torch.randn(sum(p.numel() for p in theta0.values()), dtype=torch.float64)
+    x, labels = torch.randn(4, 3, 4, 4, dtype=torch.float64), torch.tensor([0, 1, 1, 0])
+    plan = TrainingPlan(epochs=3, batch_size=4, lr=0.1, loss="logistic")
+    ref_loss, ref_grad, _ = _image_gradient(simulate_reference, model, theta0, x, labels, plan, target)
+    run = partial(simulate, options=SimulatorConfig(remat=2, chunk=3, vjp="jvp"))
+    loss, grad, _ = _image_gradient(run, model, theta0, x, labels, plan, target)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-8, atol=1e-12)
 
 
 def test_bf16_simulation_stays_close_to_fp32():
@@ -114,3 +131,10 @@ def test_bf16_simulation_stays_close_to_fp32():
     _, grad, _ = _image_gradient(partial(simulate, options=SimulatorConfig(precision="bf16")),
                                  model, theta0, x, labels, plan, target)
     assert float(cosine_distance(grad.flatten(), ref_grad.flatten())) < 0.02
+
+
+@pytest.mark.parametrize("options", [{"reference": True, "remat": 2}, {"chunk": 4}, {"vjp": "jvp"},
+                                     {"remat": 2, "vjp": "jvp", "precision": "bf16"}])
+def test_simulator_options_that_cannot_combine_are_rejected(options):
+    with pytest.raises(pydantic.ValidationError):
+        SimulatorConfig(**options)

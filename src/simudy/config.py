@@ -108,6 +108,11 @@ class SimulatorConfig(Strict):
     remat: int | None = Field(default=None, ge=1)
     # With remat: rebuild a step's graph this many images at a time (None: the whole batch).
     chunk: int | None = Field(default=None, ge=1)
+    # With remat: how a step's vector-Jacobian product is taken. `double_backward` rebuilds the
+    # graph of the step's gradient and differentiates it; `jvp` differentiates the forward-mode
+    # derivative of the loss along the adjoint (reverse over forward): the same numbers without
+    # a graph of the gradient.
+    vjp: Literal["double_backward", "jvp"] = "double_backward"
     channels_last: bool = False  # NHWC convolutions (faster with oneDNN and cuDNN)
     # bf16: the forward and backward passes under bf16 autocast; tf32: TensorFloat-32 matmuls
     # and convolutions on CUDA (no effect on CPU).
@@ -117,8 +122,10 @@ class SimulatorConfig(Strict):
     def _reference_is_plain(self) -> SimulatorConfig:
         if self.reference and (self.remat or self.channels_last or self.precision != "fp32"):
             raise ValueError("the reference simulator takes no other simulator option")
-        if self.chunk and not self.remat:
-            raise ValueError("chunk applies to the rematerialised backward pass: set remat too")
+        if (self.chunk or self.vjp != "double_backward") and not self.remat:
+            raise ValueError("chunk and vjp apply to the rematerialised backward pass: set remat too")
+        if self.vjp == "jvp" and self.precision == "bf16":
+            raise ValueError("vjp: jvp runs in full precision (autocast does not cast forward-mode tangents)")
         return self
 
 

@@ -18,6 +18,7 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import nn
 from torch.func import functional_call
 
@@ -95,7 +96,8 @@ class _Steps:
             out = functional_call(self.model, (dict(zip(self.names, params)), buffers), (x,))
         if out.dtype == torch.bfloat16:
             out = out.float()  # the loss and its gradient in full precision
-        return weight * training_loss(self.plan.loss, out, self.labels[rows])
+        explicit = self.options.vjp == "jvp"
+        return weight * training_loss(self.plan.loss, out, self.labels[rows], explicit)
 
     def __call__(self, batches: list[slice], x: torch.Tensor, params: list[torch.Tensor],
                  create_graph: bool) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
@@ -129,18 +131,33 @@ class _Steps:
         if clipped:
             adj_grad = _clip_vjp(self._gradient(batch, x, params), adj_grad, plan)
         grad_x = torch.zeros_like(x[batch])
-        adj_before = list(adj_after)
+        adj_before = None
         for first in range(0, len(rows), size):
             chunk = slice(rows[first], rows[first] + min(size, len(rows) - first))
-            with torch.enable_grad():
-                xc = x[chunk].detach().requires_grad_(True)
-                inputs = [p.detach().requires_grad_(True) for p in params]
-                grads = torch.autograd.grad(self.loss(xc, chunk, inputs, (chunk.stop - chunk.start) / len(rows)),
-                                            inputs, create_graph=True)
-                got = torch.autograd.grad(grads, [xc, *inputs], adj_grad, allow_unused=True)
+            got = self._chunk_vjp(x, chunk, params, adj_grad, (chunk.stop - chunk.start) / len(rows))
             grad_x[chunk.start - rows[0] : chunk.stop - rows[0]] = got[0]
-            adj_before = [a if g is None else a + g for a, g in zip(adj_before, got[1:])]
+            if adj_before is None:
+                adj_before = [a if g is None else a + g for a, g in zip(adj_after, got[1:])]
+            else:  # accumulate in place: one parameter-sized buffer per step, whatever the chunk
+                for a, g in zip(adj_before, got[1:]):
+                    if g is not None:
+                        a.add_(g)
         return grad_x, adj_before
+
+    def _chunk_vjp(self, x: torch.Tensor, chunk: slice, params: list[torch.Tensor], adj_grad: list[torch.Tensor],
+                   weight: float) -> tuple[torch.Tensor | None, ...]:
+        """∂⟨∇θ loss(chunk), adj_grad⟩ with respect to the chunk's images and θ. The inner product
+        is the derivative of the loss along adj_grad, so `jvp` takes it in forward mode."""
+        with torch.enable_grad():
+            xc = x[chunk].detach().requires_grad_(True)
+            inputs = [p.detach().requires_grad_(True) for p in params]
+            if self.options.vjp == "jvp":
+                with fwAD.dual_level():
+                    duals = [fwAD.make_dual(p, t) for p, t in zip(inputs, adj_grad)]
+                    along = fwAD.unpack_dual(self.loss(xc, chunk, duals, weight)).tangent
+                return torch.autograd.grad(along, [xc, *inputs], allow_unused=True)
+            grads = torch.autograd.grad(self.loss(xc, chunk, inputs, weight), inputs, create_graph=True)
+            return torch.autograd.grad(grads, [xc, *inputs], adj_grad, allow_unused=True)
 
     def _gradient(self, batch: slice, x: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
         with torch.enable_grad():
@@ -182,12 +199,12 @@ class _Rematerialised(torch.autograd.Function):
         adj_params, adj_sum = list(adjoint[:k]), list(adjoint[k:])  # Σ grads is additive over steps
         grad_x = torch.zeros_like(x)
         clipped = iter(reversed(ctx.clipped))  # one flag per step, in step order
-        for segment, start in zip(reversed(ctx.segments), reversed(ctx.starts)):
-            befores = [start]
+        for segment in reversed(ctx.segments):
+            befores = [ctx.starts.pop()]  # dropped as soon as they are used, to lower the peak
             for batch in segment[:-1]:
                 befores.append(ctx.steps.advance(batch, x, befores[-1])[0])
-            for batch, params in zip(reversed(segment), reversed(befores)):
-                gx, adj_params = ctx.steps.vjp(batch, x, params, adj_params, adj_sum, bool(next(clipped)))
+            for batch in reversed(segment):
+                gx, adj_params = ctx.steps.vjp(batch, x, befores.pop(), adj_params, adj_sum, bool(next(clipped)))
                 grad_x[batch] += gx
         theta0_grads = adj_params if any(ctx.needs_input_grad[4:]) else [None] * k
         return (None, None, None, grad_x, *theta0_grads)
