@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from simudy.bench import load_settings, run_benchmark
+from simudy.bench import load_settings, run_benchmark, run_precision_check
 from simudy.errors import SimudyError
 
 SETTINGS = {
@@ -28,4 +28,20 @@ def test_settings_naming_an_unknown_mode_are_rejected(tmp_path):
     path = tmp_path / "settings.yaml"
     path.write_text(yaml.safe_dump({**SETTINGS, "runs": {"tiny": ["reference", "turbo"]}}))
     with pytest.raises(SimudyError, match="turbo"):
+        load_settings(path)
+
+
+def test_precision_check_reads_modes_against_float64(tmp_path):
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump({**SETTINGS, "precision_check": {"case": "tiny", "modes": ["reference", "lean"]}}))
+    table = run_precision_check(path, tmp_path / "out").set_index("mode")
+    errors = table["grad_rel_error_vs_float64"]
+    assert 0 < errors["reference"] < 1e-4 and 0 < errors["lean"] < 1e-4  # float32 rounding, nothing more
+    assert (tmp_path / "out" / "precision.md").exists()
+
+
+def test_precision_check_must_name_a_known_case(tmp_path):
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump({**SETTINGS, "precision_check": {"case": "huge", "modes": ["reference"]}}))
+    with pytest.raises(SimudyError, match="precision_check"):
         load_settings(path)

@@ -12,6 +12,7 @@ Each (case, mode) runs in a fresh process, so that its peak RSS is its own.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import resource
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -34,7 +36,10 @@ from simudy.devices import pick_device
 from simudy.errors import SimudyError
 from simudy.io import atomic_path, write_json
 from simudy.models import build_model
+from simudy.objectives import cosine_distance
 from simudy.pairing import evaluate
+from simudy.simulate import flatten, simulate
+from simudy.simulate_reference import simulate_reference
 from simudy.victim import Victim, load_victim
 
 log = logging.getLogger(__name__)
@@ -61,12 +66,18 @@ class QualityCase(Strict):
     attack: dict = {}  # overrides of the experiment's SimuDy config besides `simulator`
 
 
+class PrecisionCheck(Strict):
+    case: str  # a cost case
+    modes: list[str]
+
+
 class Settings(Strict):
     modes: dict[str, SimulatorConfig]
     cases: dict[str, CostCase | QualityCase]
     # Modes per case; a mode's overrides of the attack (e.g. a shorter schedule) go in `tuning`.
     runs: dict[str, list[str]]
     tuning: dict[str, dict] = {}
+    precision_check: PrecisionCheck | None = None
 
 
 def load_settings(path: str | Path) -> Settings:
@@ -79,6 +90,10 @@ def load_settings(path: str | Path) -> Settings:
         unknown = {case} - set(settings.cases) | set(modes) - set(settings.modes)
         if unknown:
             raise SimudyError(f"{path}: runs.{case} names unknown cases or modes: {sorted(unknown)}")
+    check = settings.precision_check
+    case = settings.cases.get(check.case) if check else None
+    if check and (case is None or case.kind != "cost" or set(check.modes) - set(settings.modes)):
+        raise SimudyError(f"{path}: precision_check needs a cost case and known modes")
     return settings
 
 
@@ -245,3 +260,43 @@ def measure_one(settings_path, case: str, mode: str, grad_out: str | None) -> di
     settings = load_settings(settings_path)
     return measure(settings.cases[case], settings.modes[mode], settings.tuning.get(mode, {}),
                    Path(grad_out) if grad_out else None)
+
+
+# -- float32 rounding against float64 ---------------------------------------------------------
+
+
+def run_precision_check(settings_path: str | Path, out_dir: str | Path) -> pd.DataFrame:
+    """Each mode's first-step image gradient (float32, CPU) against the straightforward simulator's
+    in float64. Exact modes differ from the float32 reference by rounding alone; this shows how
+    large float32 rounding is, so that their differences can be read against it."""
+    settings = load_settings(settings_path)
+    check = settings.precision_check
+    if check is None:
+        raise SimudyError(f"{settings_path}: no precision_check section")
+    case = settings.cases[check.case]
+    cfg = load_experiment(case.experiment, case.profile)
+    victim = _random_victim(cfg, case)
+    attack = get_attack(cfg.reconstruct.method("simudy"))
+    attack.start(victim, ThreatModel.from_victim(victim, cfg.reconstruct.threat), torch.device("cpu"))
+    exact = _distance_gradient(attack, torch.float64, SimulatorConfig(reference=True))
+    rows = []
+    for mode in check.modes:
+        grad = _distance_gradient(attack, torch.float32, settings.modes[mode])
+        rows.append({"case": check.case, "mode": mode,
+                     "grad_rel_error_vs_float64": float((grad - exact).norm() / exact.norm())})
+        log.info("%s", rows[-1])
+    table = pd.DataFrame(rows)
+    with atomic_path(Path(out_dir) / "precision.md") as path:
+        path.write_text(table.to_markdown(index=False, floatfmt=".3g") + "\n")
+    return table
+
+
+def _distance_gradient(attack, dtype: torch.dtype, simulator: SimulatorConfig) -> torch.Tensor:
+    """The image gradient of the cosine distance at the attack's first outer step, in `dtype`."""
+    model = copy.deepcopy(attack.victim.model).to(dtype)
+    theta0 = {k: v.to(dtype) for k, v in attack.victim.theta0.items()}
+    x = attack.tensors["images"].detach().to(dtype).clone().requires_grad_(True)
+    run = simulate_reference if simulator.reference else partial(simulate, options=simulator)
+    sim = run(model, theta0, x, attack.labels, attack.plan(0))
+    cosine_distance(flatten(sim.grad_sum), attack.target.to(dtype)).backward()
+    return x.grad.double()

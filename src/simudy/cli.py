@@ -69,6 +69,10 @@ def cmd_bench_one(a) -> None:
     print(json.dumps(bench.measure_one(a.settings, a.case, a.mode, a.grad_out)))
 
 
+def cmd_bench_precision(a) -> None:
+    print(bench.run_precision_check(a.settings, a.out_dir).to_markdown(index=False, floatfmt=".3g"))
+
+
 def cmd_show_config(a) -> None:
     print(json.dumps(_experiment(a).model_dump(), indent=2))
 
@@ -123,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     o = add("bench-one", cmd_bench_one, "one (case, mode) measurement, printed as JSON", experiment=False,
             settings="benchmark settings (YAML)", case="case name", mode="mode name")
     o.add_argument("--grad-out", help="save the first step's loss and image gradient here")
+    add("bench-precision", cmd_bench_precision, "float32 modes' image gradients against float64", experiment=False,
+        settings="benchmark settings (YAML)", out_dir="output directory")
     add("show-config", cmd_show_config, "print an experiment's effective configuration")
     c = add("import-checkpoint", cmd_import_checkpoint, "convert a torch checkpoint to safetensors", experiment=False)
     c.add_argument("src")
