@@ -8,7 +8,8 @@ in the victim's training, so BatchNorm is the fixed affine map of θ0's running 
 `SimulatorConfig` picks how it is computed, never what: rematerialisation keeps only the
 parameters at segment boundaries and, in the backward pass, recomputes the steps in between
 and pulls the adjoints back one step (and one chunk of images) at a time: memory for time,
-exactly. The layout and precision switches trade exactness for speed. `simulate_reference.py` keeps the
+exactly; each step's vector-Jacobian product can be taken in forward mode (`vjp: jvp`). The
+layout and precision switches trade exactness for speed. `simulate_reference.py` keeps the
 plain unrolled loop to measure and test against.
 """
 
@@ -197,6 +198,8 @@ class _Rematerialised(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         k = len(adjoint) // 2
         adj_params, adj_sum = list(adjoint[:k]), list(adjoint[k:])  # Σ grads is additive over steps
+        if len(ctx.starts) != len(ctx.segments):
+            raise RuntimeError("a rematerialised simulation can be differentiated only once (no retain_graph)")
         grad_x = torch.zeros_like(x)
         clipped = iter(reversed(ctx.clipped))  # one flag per step, in step order
         for segment in reversed(ctx.segments):
