@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +29,7 @@ import yaml
 from pydantic import Field
 
 from simudy.attacks import ThreatModel, get_attack
+from simudy.attacks.simudy import pick_simulator
 from simudy.config import SimulatorConfig, Strict, load_experiment
 from simudy.data import load_dataset
 from simudy.devices import pick_device
@@ -38,8 +38,7 @@ from simudy.io import atomic_path, write_json
 from simudy.models import build_model
 from simudy.objectives import cosine_distance
 from simudy.pairing import evaluate
-from simudy.simulate import flatten, simulate
-from simudy.simulate_reference import simulate_reference
+from simudy.simulate import flatten
 from simudy.victim import Victim, load_victim
 
 log = logging.getLogger(__name__)
@@ -296,7 +295,6 @@ def _distance_gradient(attack, dtype: torch.dtype, simulator: SimulatorConfig) -
     model = copy.deepcopy(attack.victim.model).to(dtype)
     theta0 = {k: v.to(dtype) for k, v in attack.victim.theta0.items()}
     x = attack.tensors["images"].detach().to(dtype).clone().requires_grad_(True)
-    run = simulate_reference if simulator.reference else partial(simulate, options=simulator)
-    sim = run(model, theta0, x, attack.labels, attack.plan(0))
+    sim = pick_simulator(simulator)(model, theta0, x, attack.labels, attack.plan(0))
     cosine_distance(flatten(sim.grad_sum), attack.target.to(dtype)).backward()
     return x.grad.double()

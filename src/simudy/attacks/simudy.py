@@ -4,13 +4,16 @@ moves the parameters the way the real training did."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 
 import torch
 
 from simudy.attacks.base import ThreatModel, balanced_labels, register
 from simudy.attacks.optimise import IterativeAttack
+from simudy.config import SimulatorConfig
 from simudy.objectives import cosine_distance, squared_distance, total_variation
-from simudy.simulate import TrainingPlan, flatten, matmul_precision, simulate
+from simudy.simulate import Simulation, TrainingPlan, flatten, matmul_precision, simulate
 from simudy.simulate_reference import simulate_reference
 from simudy.victim import Victim, parameter_change
 
@@ -19,6 +22,11 @@ def cyclic_cosine(base_lr: float, step: int, period: int) -> float:
     """Closed form of CosineAnnealingLR(T_max=period) stepped every iteration: it falls to 0
     over `period` steps and climbs back over the next `period`."""
     return base_lr * (1 + math.cos(math.pi * step / period)) / 2
+
+
+def pick_simulator(options: SimulatorConfig) -> Callable[..., Simulation]:
+    """`simulate_reference` for `reference: true`, else `simulate` with the options."""
+    return simulate_reference if options.reference else partial(simulate, options=options)
 
 
 @register
@@ -56,11 +64,7 @@ class SimuDy(IterativeAttack):
         )
 
     def objective(self, x: torch.Tensor, plan: TrainingPlan) -> tuple[torch.Tensor, dict]:
-        options = self.cfg.simulator
-        if options.reference:
-            sim = simulate_reference(self.victim.model, self.victim.theta0, x, self.labels, plan)
-        else:
-            sim = simulate(self.victim.model, self.victim.theta0, x, self.labels, plan, options=options)
+        sim = pick_simulator(self.cfg.simulator)(self.victim.model, self.victim.theta0, x, self.labels, plan)
         change = flatten(sim.grad_sum)
         if self.cfg.loss == "cosine":
             distance = cosine_distance(change, self.target)
