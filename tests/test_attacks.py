@@ -10,7 +10,7 @@ from pydantic import TypeAdapter
 from simudy.attacks import ATTACKS, ThreatModel, get_attack
 from simudy.config import AnyAttack, ThreatConfig, VictimConfig, load_registry
 from simudy.errors import SimudyError
-from simudy.models import build_model, scale_first_layer
+from simudy.models import build_model, centre_on, init_first_layer
 from simudy.train import finetune
 from simudy.victim import Victim
 from tests.conftest import ROOT
@@ -26,14 +26,15 @@ def attack_config(method: str, **over):
 
 
 def tiny_victim(n=4, hidden=(16,), classes=2, outputs=None, loss="cross_entropy", epochs=5, batch_size=2,
-                first_layer_scale=1.0, seed=0) -> tuple[Victim, torch.Tensor]:
+                first_layer_std=None, seed=0, **model_kw) -> tuple[Victim, torch.Tensor]:
     """An MLP trained on n random images the given way; returns it and the images."""
     torch.manual_seed(seed)
     x = torch.randn(n, *SHAPE)
     y = torch.arange(n) % classes
-    model = build_model("mlp", SHAPE, outputs or classes, hidden=list(hidden)).eval()
-    if first_layer_scale != 1.0:
-        scale_first_layer(model, first_layer_scale)
+    model = build_model("mlp", SHAPE, outputs or classes, hidden=list(hidden), **model_kw).eval()
+    if first_layer_std is not None:
+        init_first_layer(model, first_layer_std)
+    centre_on(model, x, [0.25])
     theta0 = {k: v.detach().clone() for k, v in model.named_parameters()}
     cfg = VictimConfig(per_class=1, offset=0, epochs=epochs, batch_size=batch_size, lr=0.05, loss=loss)
     finetune(model, x, y, cfg)
@@ -50,8 +51,9 @@ CASES = {
     "loo_authors": ({}, {"l2_steps": 1000, "lr": 0.01}),  # stay in the L2 stage: one objective throughout
     "buzaglo": ({}, {"target": "change", "lr": 0.05}),
     "buzaglo_authors": ({}, {"l2_steps": 1000, "lr": 0.01}),
-    "haim": ({"classes": 2, "outputs": 1, "loss": "logistic", "first_layer_scale": 0.01, "epochs": 50,
-              "batch_size": 4}, {"lr": 0.05}),
+    # Haim et al.'s victim recipe: first-layer bias only, centred inputs, small first layer.
+    "haim": ({"classes": 2, "outputs": 1, "loss": "logistic", "first_layer_std": 0.001, "epochs": 50,
+              "batch_size": 4, "bias": "first", "centred": True}, {"lr": 0.05}),
     "gradinv": ({"epochs": 1, "batch_size": 4}, {"labels": "balanced"}),
 }
 
@@ -108,7 +110,7 @@ def test_gradient_inversion_refuses_a_victim_trained_more_than_one_step():
 
 
 def test_kkt_on_thetaf_alone_runs_without_theta0(tmp_path):
-    victim, _ = tiny_victim(classes=2, outputs=1, loss="logistic", first_layer_scale=0.01, epochs=20, batch_size=4)
+    victim, _ = tiny_victim(classes=2, outputs=1, loss="logistic", first_layer_std=0.001, epochs=20, batch_size=4)
     grants = ThreatConfig(theta0=False, hyperparams=False, dataset_size=True)
     cfg = attack_config("haim", steps=3, target="thetaf")
     result = get_attack(cfg).run(victim, ThreatModel.from_victim(victim, grants), tmp_path)

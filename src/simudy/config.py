@@ -47,7 +47,10 @@ class InitConfig(Strict):
     arch: str
     width: int | None = None  # ResNet base width (64 in the paper)
     hidden: list[int] | None = None  # MLP hidden widths
-    bias: bool | None = None  # MLP biases (None = with); Haim et al.'s homogeneous MLPs have none
+    # MLP biases (None = with); Haim et al.'s MLPs have one in the first layer only ("first").
+    bias: bool | Literal["first"] | None = None
+    # MLP inputs centred on the victim's mean training image inside the model (Haim et al.).
+    centred: bool | None = None
     init: Literal["random", "pretrained"]
     seed: int
     # Pre-training (init == "pretrained") runs on the test split: disjoint from every victim
@@ -61,11 +64,11 @@ class InitConfig(Strict):
     weight_decay: float
     augment: bool
     outputs: int | None = None  # model outputs; None = one per class (1 for a binary logistic model)
-    # Haim et al.'s victims start from a small first layer (their init scaled by 1e-4).
-    first_layer_scale: float = Field(default=1.0, gt=0)
+    # Haim et al.'s victims start from a small first layer: weights and bias ~ N(0, 1e-4²).
+    first_layer_std: float | None = Field(default=None, gt=0)
 
     def model_kwargs(self) -> dict[str, Any]:
-        kwargs = {"width": self.width, "hidden": self.hidden, "bias": self.bias}
+        kwargs = {"width": self.width, "hidden": self.hidden, "bias": self.bias, "centred": self.centred}
         return {k: v for k, v in kwargs.items() if v is not None}
 
 

@@ -79,28 +79,65 @@ def activation(model: nn.Module, kind: str, sharpness: float = 1.0) -> Iterator[
             a.kind, a.sharpness = k, s
 
 
-def scale_first_layer(model: nn.Module, factor: float) -> None:
-    """Multiply the first layer's weights by `factor` (Haim et al.'s small initialisation)."""
+def init_first_layer(model: nn.Module, std: float) -> None:
+    """Redraw the first layer's weights and bias from N(0, std²): Haim et al.'s small init."""
     first = next(m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
     with torch.no_grad():
-        first.weight.mul_(factor)
+        for p in (first.weight, first.bias):
+            if p is not None:
+                p.normal_(0.0, std)
+
+
+class Centring(nn.Module):
+    """A fixed input map x ↦ (x − shift)·scale, held in buffers: released with the model, never
+    trained. Haim et al. train on [0, 1] pixels minus the training set's mean image; with shift
+    = that mean image in normalised space and scale = the per-channel std, a network fed
+    normalised images sees exactly their inputs. `centre_on` sets both once the victim's
+    training images are known."""
+
+    def __init__(self, image_shape: tuple[int, int, int]):
+        super().__init__()
+        self.register_buffer("shift", torch.zeros(image_shape))
+        self.register_buffer("scale", torch.ones(image_shape[0], 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.shift) * self.scale
+
+
+def centre_on(model: nn.Module, images: torch.Tensor, std) -> bool:
+    """Point the model's `Centring` at `images` (normalised, [N, C, H, W]); False if it has none."""
+    centring = [m for m in model.modules() if isinstance(m, Centring)]
+    with torch.no_grad():
+        for m in centring:
+            m.shift.copy_(images.mean(0))
+            m.scale.copy_(torch.as_tensor(std, dtype=m.scale.dtype).view_as(m.scale))
+    return bool(centring)
 
 
 # -- MLP --------------------------------------------------------------------------------------
 
 
 class MLP(nn.Module):
-    """d-w-...-w-C fully connected ReLU network on flattened images; without biases it is
-    homogeneous, as Haim et al.'s networks are."""
+    """d-w-...-w-C fully connected ReLU network on flattened images. `bias`: True, False, or
+    "first" (only the first layer has one: Haim et al.'s networks, homogeneous in θ).
+    `centred`: inputs pass through a fixed `Centring` first (Haim et al.'s mean-image
+    subtraction)."""
 
-    def __init__(self, in_features: int, hidden: list[int], num_classes: int, bias: bool = True):
+    def __init__(self, image_shape: tuple[int, int, int], hidden: list[int], num_classes: int,
+                 bias: bool | str = True, centred: bool = False):
         super().__init__()
-        widths = [in_features, *hidden]
-        self.hidden = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in zip(widths[:-1], widths[1:]))
-        self.out = nn.Linear(widths[-1], num_classes, bias=bias)
+        c, h, w = image_shape
+        widths = [c * h * w, *hidden]
+        has_bias = [bias is True or (bias == "first" and i == 0) for i in range(len(widths))]
+        self.centring = Centring(image_shape) if centred else None
+        self.hidden = nn.ModuleList(nn.Linear(a, b, bias=has_bias[i])
+                                    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])))
+        self.out = nn.Linear(widths[-1], num_classes, bias=has_bias[-1])
         self.act = Activation()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.centring is not None:
+            x = self.centring(x)
         x = x.flatten(1)
         for layer in self.hidden:
             x = self.act(layer(x))
@@ -108,9 +145,8 @@ class MLP(nn.Module):
 
 
 @register("mlp")
-def mlp(image_shape, num_classes, hidden=(1000, 1000), bias=True) -> nn.Module:
-    c, h, w = image_shape
-    return MLP(c * h * w, list(hidden), num_classes, bias)
+def mlp(image_shape, num_classes, hidden=(1000, 1000), bias=True, centred=False) -> nn.Module:
+    return MLP(image_shape, list(hidden), num_classes, bias, centred)
 
 
 # -- CIFAR ResNets ----------------------------------------------------------------------------

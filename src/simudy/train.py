@@ -17,7 +17,7 @@ from simudy.data import load_dataset
 from simudy.devices import pick_device
 from simudy.io import write_json
 from simudy.losses import training_loss
-from simudy.models import build_model, scale_first_layer
+from simudy.models import build_model, init_first_layer
 
 log = logging.getLogger(__name__)
 INIT_SCHEMA = 1
@@ -29,8 +29,8 @@ def make_theta0(cfg: ExperimentConfig, dataset: str | Path, out_dir: str | Path)
     torch.manual_seed(cfg.init.seed)
     outputs = cfg.init.outputs or len(ds.class_names)
     model = build_model(cfg.init.arch, ds.image_shape, outputs, **cfg.init.model_kwargs())
-    if cfg.init.first_layer_scale != 1.0:
-        scale_first_layer(model, cfg.init.first_layer_scale)
+    if cfg.init.first_layer_std is not None:
+        init_first_layer(model, cfg.init.first_layer_std)
     info = {"schema": INIT_SCHEMA, "arch": cfg.init.arch, "model_kwargs": cfg.init.model_kwargs(),
             "image_shape": list(ds.image_shape), "num_outputs": outputs, "init": cfg.section("init")}
     if cfg.init.init == "pretrained":

@@ -24,7 +24,7 @@ from simudy.config import ExperimentConfig
 from simudy.data import Dataset, load_dataset, save_dataset, select_subset
 from simudy.errors import SimudyError
 from simudy.io import read_json, write_json
-from simudy.models import build_model
+from simudy.models import build_model, centre_on
 from simudy.simulate import flatten
 from simudy.train import finetune
 
@@ -70,6 +70,7 @@ def make_victim(cfg: ExperimentConfig, dataset: str | Path, init_dir: str | Path
                       init_dir / "theta0.safetensors")
     rows = select_subset(ds.labels, cfg.victim.per_class, cfg.victim.offset, len(ds.class_names))
     rows = rows[: cfg.victim.max_images]
+    centre_on(model, ds.normalised(rows), ds.std)  # part of θ0: the model's input map, not trained
     theta0 = {k: v.clone() for k, v in model.state_dict().items()}
     losses = finetune(model, ds.normalised(rows), torch.from_numpy(ds.labels[rows]), cfg.victim)
     meta = _metadata(cfg, info, ds, rows, losses)

@@ -4,8 +4,10 @@ trained by gradient descent converges towards a KKT point of margin maximisation
     θ = Σ_i λ_i ∇θ margin_i(θ),   λ_i ≥ 0,
 
 with margin_i = y_i·f(x_i) for one output and f_y(x_i) − max_{j≠y} f_j(x_i) for several.
-Reconstruction minimises ‖θ − Σ λ_i ∇θ margin_i‖² over images and λ, with Σ relu(λ_min − λ_i)²
-and a box prior, SGD with momentum, and ReLU's backward pass replaced by sigmoid(α·x)."""
+Reconstruction minimises ‖θ − (1/m) Σ λ_i ∇θ margin_i‖² over m candidate images and λ, with
+Σ relu(λ_min − λ_i)² and a box prior, SGD with momentum, and ReLU's backward pass replaced by
+sigmoid(α·x). λ is averaged over the candidates, as in the authors' code, so that λ_min and
+λ's init keep their published meaning whatever m is."""
 
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ class KKT(GradientMatching):
     def step(self, step: int) -> dict:
         cfg, x, lam = self.cfg, self.tensors["images"], self.tensors["lambdas"]
         with activation(self.victim.model, "relu_sigmoid_grad", cfg.relu_grad_alpha):
-            g = self.gradient(self.params, x, lambda out: (lam * margins(out, self.labels)).sum())
+            g = self.gradient(self.params, x, lambda out: (lam * margins(out, self.labels)).mean())
         distance = (self.target - g).pow(2).sum()
         lam_pen = (cfg.lambda_min - lam).relu().pow(2).sum()
         box = box_penalty(x, self.lo, self.hi)
