@@ -70,9 +70,10 @@ def make_victim(cfg: ExperimentConfig, dataset: str | Path, init_dir: str | Path
                       init_dir / "theta0.safetensors")
     rows = select_subset(ds.labels, cfg.victim.per_class, cfg.victim.offset, len(ds.class_names))
     rows = rows[: cfg.victim.max_images]
-    centre_on(model, ds.normalised(rows), ds.std)  # part of θ0: the model's input map, not trained
+    images = ds.normalised(rows)
+    centre_on(model, images, ds.std)  # part of θ0: the model's input map, not trained
     theta0 = {k: v.clone() for k, v in model.state_dict().items()}
-    losses = finetune(model, ds.normalised(rows), torch.from_numpy(ds.labels[rows]), cfg.victim)
+    losses = finetune(model, images, torch.from_numpy(ds.labels[rows]), cfg.victim)
     meta = _metadata(cfg, info, ds, rows, losses)
     save_weights(out_dir / "theta0.safetensors", theta0)
     save_weights(out_dir / "thetaf.safetensors", model.state_dict())
