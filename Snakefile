@@ -24,6 +24,8 @@ wildcard_constraints:
     profile=r"[A-Za-z0-9_]+",
     method=r"[A-Za-z0-9_]+",
     group="|".join(REG.groups) or "(?!)",
+    ablation="|".join(REG.ablations) or "(?!)",
+    run=r"[A-Za-z0-9_]+",
 
 
 rule all:
@@ -38,3 +40,4 @@ include: "workflow/rules/reconstruct.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/targets.smk"
 include: "workflow/rules/bench.smk"
+include: "workflow/rules/ablation.smk"

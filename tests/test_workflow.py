@@ -27,6 +27,7 @@ def _digits_only(root: Path, profile: str) -> None:
     raw["active_profile"] = profile
     raw["experiments"] = {"demo": raw["experiments"]["demo"]}
     raw["groups"] = {}
+    raw["ablations"] = {}
     raw["datasets"] = {"digits": raw["datasets"]["digits"]}
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
@@ -44,8 +45,10 @@ def test_dry_run_of_every_experiment_at_every_profile(tmp_path):
     proc = run_tool(tmp_path, "snakemake", "-n", "--cores", "all", *targets, env=_env())
     out = proc.stdout + proc.stderr
     assert "Using workflow specific profile profiles/default" in out
-    for rule in ["pretrain", "finetune_victim", "report"]:
-        assert out.count(f"rule {rule}:") == len(targets), rule
+    victims = {(e, reg.resolve(e, p).victim_profile) for e, entry in reg.experiments.items() for p in entry.profiles}
+    for rule in ["pretrain", "finetune_victim"]:  # profiles with `victim_of` share a victim
+        assert out.count(f"rule {rule}:") == len(victims) < len(targets), rule
+    assert out.count("rule report:") == len(targets)
     for rule in ["simulate_and_reconstruct", "pair_by_ssim"]:  # once per method
         assert out.count(f"rule {rule}:") == runs, rule
     assert out.count("rule fetch_data:") == len(reg.datasets)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from simudy import bench, checkpoints, data, pairing, report, train, victim
+from simudy import ablation, bench, checkpoints, data, pairing, report, train, victim
 from simudy.config import DEFAULT_REGISTRY, ExperimentConfig, load_experiment, load_registry
 from simudy.errors import SimudyError
 from simudy.reconstruct import reconstruct
@@ -58,6 +58,18 @@ def cmd_report(a) -> None:
 
 def cmd_table(a) -> None:
     report.write_table([pd.read_csv(p) for p in a.rows], a.out, a.methods)
+
+
+def cmd_ablation_run(a) -> None:
+    curve = ablation.run(load_registry(a.registry), a.ablation, a.run, a.victim_dir, a.out_dir, a.work_dir)
+    last = curve.iloc[-1]
+    log.info("%s / %s: mean SSIM %.4f after %.1f min (step %d)", a.ablation, a.run, last["ssim"],
+             last["seconds"] / 60, last["step"])
+
+
+def cmd_ablation_table(a) -> None:
+    table = ablation.make_table(load_registry(a.registry), a.ablation, a.runs_root, a.out_dir)
+    print(table.to_markdown(index=False, floatfmt=".3g"))
 
 
 def cmd_bench(a) -> None:
@@ -121,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     t = add("table", cmd_table, "collect table rows into a markdown table", experiment=False, out="output .md")
     t.add_argument("--methods", nargs="+", help="keep only these methods' rows")
     t.add_argument("rows", nargs="+")
+    r = add("ablation-run", cmd_ablation_run, "one run of an ablation and its SSIM-against-time curve",
+            experiment=False, victim_dir="victim directory", out_dir="output directory",
+            work_dir="snapshot directory (resume)")
+    r.add_argument("--ablation", required=True)
+    r.add_argument("--run", required=True)
+    t = add("ablation-table", cmd_ablation_table, "an ablation's table and SSIM-against-time plot", experiment=False,
+            runs_root="folder of the runs' outputs", out_dir="output directory")
+    t.add_argument("--ablation", required=True)
     b = add("bench", cmd_bench, "benchmark the simulator modes against the straightforward one", experiment=False,
             settings="benchmark settings (YAML)", out_dir="output directory")
     b.add_argument("--only", nargs="+", help="run only these cases")

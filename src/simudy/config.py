@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 from functools import reduce
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
@@ -66,6 +66,13 @@ class InitConfig(Strict):
     outputs: int | None = None  # model outputs; None = one per class (1 for a binary logistic model)
     # Haim et al.'s victims start from a small first layer: weights and bias ~ N(0, 1e-4²).
     first_layer_std: float | None = Field(default=None, gt=0)
+    # After pre-training, this many epochs of the victims' own optimiser on the same images:
+    # plain SGD in eval mode at `settle_lr`, batch `settle_batch_size`. A network trained only
+    # in train mode sits where eval-mode SGD diverges for a while on new images; settling
+    # makes the victim's fine-tuning the smooth descent the paper's victims show.
+    settle_epochs: int = Field(default=0, ge=0)
+    settle_lr: float = Field(default=0.01, gt=0)
+    settle_batch_size: int = Field(default=20, ge=1)
 
     def model_kwargs(self) -> dict[str, Any]:
         kwargs = {"width": self.width, "hidden": self.hidden, "bias": self.bias, "centred": self.centred}
@@ -98,6 +105,9 @@ class AttackConfig(Strict):
     device: Literal["auto", "cpu", "cuda"]
     snapshot_every: int = Field(ge=1)
     log_every: int = Field(ge=1)
+    # Stop once the run's optimisation time (summed over resumes) passes this many minutes,
+    # even before `steps`: for measurements at a fixed wall-time budget.
+    max_minutes: float | None = Field(default=None, gt=0)
 
 
 class SimulatorConfig(Strict):
@@ -252,6 +262,7 @@ class ExperimentConfig(Strict):
 
     name: str
     profile: str
+    victim_profile: str  # the profile whose victim (θ0, θf) this one attacks: its own unless shared
     title: str
     dataset: str
     data: DatasetConfig
@@ -285,10 +296,16 @@ class Sections(Strict):
     evaluate: Overrides
 
 
+class Profile(Sections):
+    # Attack the victim trained at that profile instead of training another one: for variants
+    # of the attack (e.g. `paper_fast`). The two profiles' init and victim sections must agree.
+    victim_of: str | None = None
+
+
 class ExperimentEntry(Sections):
     title: str
     dataset: str
-    profiles: dict[str, Sections]
+    profiles: dict[str, Profile]
 
 
 class Group(Strict):
@@ -298,12 +315,45 @@ class Group(Strict):
     methods: list[str] = Field(min_length=1)
 
 
+class AblationConfig(Strict):
+    """Runs of one attack on one victim within the same wall-time budget: the baseline
+    profile's settings (the paper's), each change on its own, and all changes combined."""
+
+    title: str
+    experiment: str
+    profile: str  # whose victim is attacked
+    baseline_profile: str  # whose attack settings are the baseline
+    method: str
+    minutes: float = Field(gt=0)  # each run's optimisation-time budget
+    snapshot_every: int = Field(ge=1)  # steps between the image snapshots the curves are read from
+    thresholds: list[float] = Field(min_length=1)  # mean SSIM levels to time
+    at_minutes: list[float] = Field(min_length=1)  # times at which to read the SSIM
+    changes: dict[str, Overrides] = Field(min_length=1)  # name -> overrides of the attack settings
+
+    BASELINE: ClassVar[str] = "paper"
+    COMBINED: ClassVar[str] = "combined"
+
+    def runs(self) -> list[str]:
+        return [self.BASELINE, *self.changes, self.COMBINED]
+
+    def overrides(self, run: str) -> Overrides:
+        """What a run changes in the baseline's attack settings."""
+        if run == self.BASELINE:
+            return {}
+        if run == self.COMBINED:
+            return reduce(deep_merge, self.changes.values(), {})
+        if run not in self.changes:
+            raise SimudyError(f"the ablation has no run {run!r}; its runs: {self.runs()}")
+        return self.changes[run]
+
+
 class Registry(Strict):
     active_profile: str
     datasets: dict[str, DatasetConfig]
     defaults: Sections
     experiments: dict[str, ExperimentEntry]
     groups: dict[str, Group] = {}
+    ablations: dict[str, AblationConfig] = {}
     _source: str = PrivateAttr(default="<registry>")
 
     @model_validator(mode="after")
@@ -319,22 +369,49 @@ class Registry(Strict):
             unknown = sorted(set(group.experiments) - self.experiments.keys())
             if unknown:
                 raise ValueError(f"group {name!r} names unknown experiments {unknown}")
+        for name, ab in self.ablations.items():
+            if name in self.experiments or name in self.groups:
+                raise ValueError(f"ablation {name!r} has the name of an experiment or group")
+            exp = self.experiments.get(ab.experiment)
+            if exp is None or {ab.profile, ab.baseline_profile} - exp.profiles.keys():
+                raise ValueError(f"ablation {name!r}: no experiment {ab.experiment!r} with profiles "
+                                 f"{ab.profile!r} and {ab.baseline_profile!r}")
+            if max(ab.at_minutes) > ab.minutes:
+                raise ValueError(f"ablation {name!r}: at_minutes beyond the budget of {ab.minutes} minutes")
         return self
+
+    def ablation(self, name: str) -> AblationConfig:
+        if name not in self.ablations:
+            raise SimudyError(f"{self._source}: unknown ablation {name!r}; known: {sorted(self.ablations)}")
+        return self.ablations[name]
+
+    def ablation_attack(self, name: str, run: str) -> AnyAttack:
+        """An ablation run's attack settings: the baseline profile's, the run's changes, the budget."""
+        ab = self.ablation(name)
+        base = self.resolve(ab.experiment, ab.baseline_profile).reconstruct.attacks[ab.method]
+        budget = {"max_minutes": ab.minutes, "snapshot_every": ab.snapshot_every, "log_every": ab.snapshot_every}
+        merged = deep_merge(deep_merge(base.model_dump(), ab.overrides(run)), budget)
+        try:
+            return type(base).model_validate(merged, strict=False)
+        except ValidationError as err:
+            raise SimudyError(f"{self._source}: ablation {name!r}, run {run!r}: {_format(err)}") from None
 
     def resolve(self, experiment: str, profile: str) -> ExperimentConfig:
         if experiment not in self.experiments:
             raise SimudyError(f"{self._source}: unknown experiment {experiment!r}; known: {sorted(self.experiments)}")
         entry = self.experiments[experiment]
-        if profile not in entry.profiles:
-            raise SimudyError(
-                f"{self._source}: experiment {experiment!r} has no profile {profile!r}; known: {sorted(entry.profiles)}"
-            )
-        layers = (self.defaults, entry, entry.profiles[profile])
-        merged = {s: reduce(_deep_merge, (getattr(layer, s) for layer in layers), {}) for s in SECTIONS}
+        merged = self._merged(experiment, profile)
+        shared = entry.profiles[profile].victim_of
+        if shared is not None:
+            other = self._merged(experiment, shared)
+            if entry.profiles[shared].victim_of is not None or any(merged[s] != other[s] for s in ("init", "victim")):
+                raise SimudyError(f"{self._source}: experiment {experiment!r} at profile {profile!r}: victim_of "
+                                  f"{shared!r} needs that profile's own victim with the same init and victim sections")
         try:
             return ExperimentConfig(
                 name=experiment,
                 profile=profile,
+                victim_profile=shared or profile,
                 title=entry.title,
                 dataset=entry.dataset,
                 data=self.datasets[entry.dataset],
@@ -345,12 +422,21 @@ class Registry(Strict):
                 f"{self._source}: experiment {experiment!r} at profile {profile!r}: {_format(err)}"
             ) from None
 
+    def _merged(self, experiment: str, profile: str) -> dict[str, Overrides]:
+        entry = self.experiments[experiment]
+        if profile not in entry.profiles:
+            raise SimudyError(
+                f"{self._source}: experiment {experiment!r} has no profile {profile!r}; known: {sorted(entry.profiles)}"
+            )
+        layers = (self.defaults, entry, entry.profiles[profile])
+        return {s: reduce(deep_merge, (getattr(layer, s) for layer in layers), {}) for s in SECTIONS}
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -382,7 +468,16 @@ def load_registry(path: str | Path = DEFAULT_REGISTRY) -> Registry:
     for name, entry in registry.experiments.items():  # a mistake anywhere in the file fails here
         for profile in entry.profiles:
             registry.resolve(name, profile)
+    _check_ablations(registry)
     return registry
+
+
+def _check_ablations(registry: Registry) -> None:
+    for name, ab in registry.ablations.items():
+        if ab.method not in registry.resolve(ab.experiment, ab.profile).reconstruct.methods:
+            raise SimudyError(f"{registry._source}: ablation {name!r}: {ab.experiment!r} does not run {ab.method!r}")
+        for run in ab.runs():
+            registry.ablation_attack(name, run)
 
 
 def load_experiment(experiment: str, profile: str, registry: str | Path = DEFAULT_REGISTRY) -> ExperimentConfig:

@@ -11,16 +11,22 @@ import torch
 
 from simudy.attacks import ThreatModel, get_attack
 from simudy.checkpoints import save_weights
-from simudy.config import ReconstructConfig
+from simudy.config import AnyAttack, ReconstructConfig, ThreatConfig
 from simudy.io import atomic_path, write_json
 from simudy.victim import load_victim
 
 
 def reconstruct(cfg: ReconstructConfig, method: str, victim_dir: str | Path, out_dir: str | Path,
                 work_dir: str | Path) -> dict:
+    return run_attack(cfg.method(method), cfg.threat, method, victim_dir, out_dir, work_dir)
+
+
+def run_attack(attack_cfg: AnyAttack, threat: ThreatConfig, method: str, victim_dir: str | Path,
+               out_dir: str | Path, work_dir: str | Path) -> dict:
+    """Run one configured attack on a victim bundle and write its outputs to `out_dir`."""
     victim = load_victim(victim_dir)
-    attack = get_attack(cfg.method(method))
-    result = attack.run(victim, ThreatModel.from_victim(victim, cfg.threat), Path(work_dir))
+    attack = get_attack(attack_cfg)
+    result = attack.run(victim, ThreatModel.from_victim(victim, threat), Path(work_dir))
     out_dir = Path(out_dir)
     rows = result.info.pop("loss_rows")
     with atomic_path(out_dir / "loss.csv") as tmp, open(tmp, "w", newline="") as fh:

@@ -35,8 +35,11 @@ def make_theta0(cfg: ExperimentConfig, dataset: str | Path, out_dir: str | Path)
             "image_shape": list(ds.image_shape), "num_outputs": outputs, "init": cfg.section("init")}
     if cfg.init.init == "pretrained":
         rows = np.arange(min(cfg.init.limit or len(ds), len(ds)))
-        info["pretrain_accuracy"] = pretrain(model, ds.normalised(rows), torch.from_numpy(ds.labels[rows]), cfg.init)
+        x, y = ds.normalised(rows), torch.from_numpy(ds.labels[rows])
+        info["pretrain_accuracy"] = pretrain(model, x, y, cfg.init)
         info["pretrain_images"] = {"split": cfg.init.split, "count": len(rows)}
+        if cfg.init.settle_epochs:
+            info["settle_loss"] = settle(model, x, y, cfg.init)
     out_dir = Path(out_dir)
     save_weights(out_dir / "theta0.safetensors", model.state_dict())
     write_json(out_dir / "init.json", info)
@@ -47,31 +50,54 @@ def pretrain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: InitConfig
     """Ordinary training in train mode (BatchNorm statistics are learnt here); returns the
     final training accuracy. Seeded: the same config gives the same θ0 on the same device."""
     device = pick_device()
-    model.to(device)
+    model.to(device).train()
     x, y = x.to(device), y.to(device)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-len(x) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
-    model.train()
     acc = 0.0
     for epoch in range(cfg.epochs):
-        perm = torch.randperm(len(x), generator=gen)
-        correct = 0
-        for start in range(0, len(x), cfg.batch_size):
-            idx = perm[start : start + cfg.batch_size]
-            xb = _augment(x[idx], gen) if cfg.augment else x[idx]
-            out = model(xb)
-            loss = F.cross_entropy(out, y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            correct += int((out.argmax(1) == y[idx]).sum())
-        acc = correct / len(x)
-        log.info("pretrain epoch %d/%d loss %.4f train acc %.3f", epoch + 1, cfg.epochs, loss.item(), acc)
+        loss, acc = _epoch(model, x, y, opt, cfg.batch_size, cfg.augment, gen, sched)
+        log.info("pretrain epoch %d/%d loss %.4f train acc %.3f", epoch + 1, cfg.epochs, loss, acc)
     model.eval().cpu()
     return acc
+
+
+def settle(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: InitConfig) -> float:
+    """Continue θ0 with the victims' optimiser, plain SGD in eval mode, on the pre-training
+    images (shuffled and augmented as in pre-training); returns the last epoch's mean loss."""
+    device = pick_device()
+    model.to(device).eval()
+    x, y = x.to(device), y.to(device)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.settle_lr)
+    loss = float("nan")
+    for epoch in range(cfg.settle_epochs):
+        loss, acc = _epoch(model, x, y, opt, cfg.settle_batch_size, cfg.augment, gen)
+        log.info("settle epoch %d/%d (eval mode, SGD lr %g) loss %.4f train acc %.3f", epoch + 1,
+                 cfg.settle_epochs, cfg.settle_lr, loss, acc)
+    model.cpu()
+    return loss
+
+
+def _epoch(model, x, y, opt, batch_size: int, augment: bool, gen: torch.Generator, sched=None) -> tuple[float, float]:
+    """One shuffled pass over (x, y); returns the mean loss and the accuracy."""
+    perm = torch.randperm(len(x), generator=gen)
+    total, correct = 0.0, 0
+    for start in range(0, len(x), batch_size):
+        idx = perm[start : start + batch_size]
+        xb = _augment(x[idx], gen) if augment else x[idx]
+        out = model(xb)
+        loss = F.cross_entropy(out, y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        total += loss.item() * len(idx)
+        correct += int((out.argmax(1) == y[idx]).sum())
+    return total / len(x), correct / len(x)
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -36,6 +36,11 @@ def per_method(pattern):
                       for m in cfg(w).reconstruct.methods]
 
 
+def victim_file(name):
+    """Input function: a file of the victim this run attacks (its profile's, or a shared one)."""
+    return lambda w: f"results/{w.experiment}/{cfg(w).victim_profile}/victim/{name}"
+
+
 def dataset_file(w):
     return f"results/data/{REG.experiments[w.experiment].dataset}.npz"
 
@@ -50,3 +55,9 @@ def bench_victims(_):
     cases = yaml.safe_load(open(BENCH_SETTINGS))["cases"].values()
     runs = {(c["experiment"], c["profile"]) for c in cases if c["kind"] == "quality"}
     return [f"results/{e}/{p}/victim/thetaf.safetensors" for e, p in sorted(runs)]
+
+
+def ablation_victim(w):
+    """The victim an ablation attacks."""
+    ab = REG.ablation(w.ablation)
+    return f"results/{ab.experiment}/{ab.profile}/victim/victim.json"

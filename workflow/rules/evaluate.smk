@@ -1,6 +1,6 @@
 rule pair_by_ssim:
     input:
-        truth=rules.finetune_victim.output.truth,
+        truth=victim_file("truth.npz"),
         images=rules.simulate_and_reconstruct.output.images,
     output:
         metrics=f"{RUN}/evaluate/{{method}}/metrics.json",
@@ -16,7 +16,7 @@ rule pair_by_ssim:
 
 rule report:
     input:
-        truth=rules.finetune_victim.output.truth,
+        truth=victim_file("truth.npz"),
         runs=per_method(f"{RUN}/reconstruct/{{method}}/run.json"),
         metrics=per_method(f"{RUN}/evaluate/{{method}}/metrics.json"),
     output:

@@ -1,8 +1,8 @@
 rule simulate_and_reconstruct:
     input:
-        meta=rules.finetune_victim.output.meta,
-        theta0=rules.finetune_victim.output.theta0,
-        thetaf=rules.finetune_victim.output.thetaf,
+        meta=victim_file("victim.json"),
+        theta0=victim_file("theta0.safetensors"),
+        thetaf=victim_file("thetaf.safetensors"),
     output:
         images=f"{RUN}/reconstruct/{{method}}/reconstruction.safetensors",
         loss=f"{RUN}/reconstruct/{{method}}/loss.csv",

@@ -64,12 +64,19 @@ class IterativeAttack(Attack):
             if (step + 1) % cfg.log_every == 0:
                 parts = " ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float))
                 log.info("%s step %d/%d %s %.3f s/step", self.name, step + 1, cfg.steps, parts, seconds / (step + 1))
-            if (step + 1) % cfg.snapshot_every == 0 or step + 1 == cfg.steps:
+            out_of_time = cfg.max_minutes is not None and seconds >= 60 * cfg.max_minutes
+            if (step + 1) % cfg.snapshot_every == 0 or step + 1 == cfg.steps or out_of_time:
                 run.snapshot(RunState(step + 1, seconds, self._capture()), self.images().detach().cpu())
+            if out_of_time:
+                log.info("%s: time budget of %g min used up after %d of %d steps", self.name, cfg.max_minutes,
+                         step + 1, cfg.steps)
+                break
         bar.close()
         rows = run.finish()
-        info = {"steps": cfg.steps, "seconds": seconds, "device": str(device), "n_images": len(self.images()),
-                "final_loss": float(rows[-1]["loss"]) if rows else None, "loss_rows": rows}
+        done = int(rows[-1]["step"]) if rows else start
+        info = {"steps": done, "planned_steps": cfg.steps, "seconds": seconds, "device": str(device),
+                "n_images": len(self.images()), "final_loss": float(rows[-1]["loss"]) if rows else None,
+                "loss_rows": rows}
         labels = None if self.labels is None else self.labels.cpu()
         return Reconstruction(images=self.images().detach().cpu(), labels=labels, info=info)
 
