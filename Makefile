@@ -1,4 +1,4 @@
-# The README's two commands: `make demo` and `make test`. Both create .venv first (pinned,
+# The README's commands: `make demo`, `make test`, and `make gpu` on a CUDA machine. Both create .venv first (pinned,
 # offline but for the package registries); later runs reuse it.
 PYTHON ?= python3
 VENV ?= .venv
@@ -6,13 +6,19 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN := PATH="$(BIN):$$PATH" DVC_NO_ANALYTICS=1
 
-.PHONY: demo test setup clean
+.PHONY: demo test gpu setup clean
 
 demo: $(STAMP)
 	$(RUN) snakemake --cores all
 
 test: $(STAMP)
 	$(RUN) pytest -q
+
+# One CUDA machine, in order and resumably: fig1 (paper, then paper_fast), the paper-scale
+# benchmark (bench/gpu.yaml), fig5; summary in results/gpu/$(GPU_PROFILE)/summary.md.
+GPU_PROFILE ?= paper
+gpu: $(STAMP)
+	$(RUN) simudy --log results/gpu/$(GPU_PROFILE)/gpu.log gpu --profile $(GPU_PROFILE)
 
 setup: $(STAMP)
 

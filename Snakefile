@@ -26,6 +26,7 @@ wildcard_constraints:
     group="|".join(REG.groups) or "(?!)",
     ablation="|".join(REG.ablations) or "(?!)",
     run=r"[A-Za-z0-9_]+",
+    suite=r"[A-Za-z0-9_]+",
 
 
 rule all:

@@ -70,3 +70,19 @@ def test_missing_sections_and_unknown_names(tmp_path):
     with pytest.raises(SimudyError, match="unknown experiment 'fig99'"):
         load_experiment("fig99", "cpu", REGISTRY)
     assert SECTIONS == ("init", "victim", "reconstruct", "evaluate")
+
+
+def test_a_profile_can_attack_another_profiles_victim(tmp_path):
+    fast, paper = (load_experiment("fig1", p, REGISTRY) for p in ("paper_fast", "paper"))
+    assert (fast.victim_profile, paper.victim_profile) == ("paper", "paper")
+    assert fast.init == paper.init and fast.victim == paper.victim
+    assert fast.reconstruct.attacks["simudy"].lr == 10 * paper.reconstruct.attacks["simudy"].lr
+    def fast(r):
+        return r["experiments"]["fig1"]["profiles"]["paper_fast"]
+
+    own_init = _edited(tmp_path, lambda r: fast(r)["init"].update(width=8))
+    with pytest.raises(SimudyError, match="with victim_of, leave init and victim empty"):
+        load_registry(own_init)
+    chained = _edited(tmp_path, lambda r: fast(r).update(victim_of="smoke_fast"))
+    with pytest.raises(SimudyError, match="name a profile that trains its own victim"):
+        load_registry(chained)

@@ -26,7 +26,7 @@ from simudy.attacks import ThreatModel, get_attack  # noqa: E402
 from simudy.checkpoints import load_weights  # noqa: E402
 from simudy.config import AblationConfig, AnyAttack, Registry  # noqa: E402
 from simudy.data import load_dataset  # noqa: E402
-from simudy.io import atomic_path, read_json, write_json  # noqa: E402
+from simudy.io import atomic_path, read_json  # noqa: E402
 from simudy.pairing import evaluate  # noqa: E402
 from simudy.reconstruct import run_attack  # noqa: E402
 from simudy.victim import load_victim  # noqa: E402
@@ -115,7 +115,6 @@ def make_table(reg: Registry, name: str, runs_root, out_dir) -> pd.DataFrame:
                        "evaluation excluded); blank: not reached within the budget.\n\n"
                        + table.to_markdown(index=False, floatfmt=".3g", missingval="") + "\n")
     plot(out_dir / "curve.png", ab, curves, title)
-    write_json(out_dir / "summary.json", {"runs": table.to_dict(orient="records")})
     return table
 
 

@@ -1,6 +1,6 @@
 """Benchmark of SimuDy's simulator modes against the straightforward implementation.
 
-`bench/settings.yaml` names the modes (a `simulator` config each; `reference` is
+A suite `bench/<suite>.yaml` names the modes (a `simulator` config each; `reference` is
 `simulate_reference.py`) and two kinds of case:
 - cost: an experiment's SimuDy at given overrides (e.g. ResNet-18 width 64, 120 images) on a
   seeded random θ0 and target, timed for a few outer steps after a warm-up; also the first

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from simudy import ablation, bench, checkpoints, data, pairing, report, train, victim
+from simudy import ablation, bench, checkpoints, data, gpu, pairing, report, train, victim
 from simudy.config import DEFAULT_REGISTRY, ExperimentConfig, load_experiment, load_registry
 from simudy.errors import SimudyError
 from simudy.reconstruct import reconstruct
@@ -70,6 +70,13 @@ def cmd_ablation_run(a) -> None:
 def cmd_ablation_table(a) -> None:
     table = ablation.make_table(load_registry(a.registry), a.ablation, a.runs_root, a.out_dir)
     print(table.to_markdown(index=False, floatfmt=".3g"))
+
+
+def cmd_gpu(a) -> None:
+    records = gpu.run(load_registry(a.registry), a.profile, a.cores)
+    failed = [r["step"] for r in records if r["status"] != "done"]
+    if failed:
+        raise SimudyError(f"gpu steps failed: {failed}; see results/gpu/{a.profile}/logs/")
 
 
 def cmd_bench(a) -> None:
@@ -141,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = add("ablation-table", cmd_ablation_table, "an ablation's table and SSIM-against-time plot", experiment=False,
             runs_root="folder of the runs' outputs", out_dir="output directory")
     t.add_argument("--ablation", required=True)
+    g = add("gpu", cmd_gpu, "fig1, fig1 fast, the GPU benchmark, fig5, in order; then a summary", experiment=False)
+    g.add_argument("--profile", default="paper", help="experiment profile (its `_fast` variant runs second)")
+    g.add_argument("--cores", default="all", help="Snakemake --cores")
     b = add("bench", cmd_bench, "benchmark the simulator modes against the straightforward one", experiment=False,
             settings="benchmark settings (YAML)", out_dir="output directory")
     b.add_argument("--only", nargs="+", help="run only these cases")

@@ -298,7 +298,8 @@ class Sections(Strict):
 
 class Profile(Sections):
     # Attack the victim trained at that profile instead of training another one: for variants
-    # of the attack (e.g. `paper_fast`). The two profiles' init and victim sections must agree.
+    # of the attack (e.g. `paper_fast`). Its init and victim sections are that profile's; its
+    # own must be empty.
     victim_of: str | None = None
 
 
@@ -401,12 +402,14 @@ class Registry(Strict):
             raise SimudyError(f"{self._source}: unknown experiment {experiment!r}; known: {sorted(self.experiments)}")
         entry = self.experiments[experiment]
         merged = self._merged(experiment, profile)
-        shared = entry.profiles[profile].victim_of
+        own = entry.profiles[profile]
+        shared = own.victim_of
         if shared is not None:
             other = self._merged(experiment, shared)
-            if entry.profiles[shared].victim_of is not None or any(merged[s] != other[s] for s in ("init", "victim")):
-                raise SimudyError(f"{self._source}: experiment {experiment!r} at profile {profile!r}: victim_of "
-                                  f"{shared!r} needs that profile's own victim with the same init and victim sections")
+            if own.init or own.victim or entry.profiles[shared].victim_of is not None:
+                raise SimudyError(f"{self._source}: experiment {experiment!r} at profile {profile!r}: with victim_of, "
+                                  f"leave init and victim empty and name a profile that trains its own victim")
+            merged.update(init=other["init"], victim=other["victim"])
         try:
             return ExperimentConfig(
                 name=experiment,

@@ -1,35 +1,50 @@
-# `snakemake bench`: the simulator benchmark (bench/settings.yaml) -> results/bench/bench.md;
-# `snakemake bench_precision`: float32 rounding against float64 -> results/bench/precision.md.
-# Its quality cases need their experiments' victims, which this rule builds first.
+# Simulator benchmarks, one suite per file bench/<suite>.yaml -> results/bench/<suite>/:
+# `snakemake bench` runs the cpu suite (two CPU cores), `snakemake bench_gpu` the paper-scale
+# suite for a CUDA machine; `snakemake bench_precision`: float32 rounding against float64.
+# Quality cases need their experiments' victims, which the rule builds first.
+BENCH = "results/bench/{suite}"
 
-rule bench:
+
+rule benchmark_suite:
     input:
-        settings=BENCH_SETTINGS,
+        settings="bench/{suite}.yaml",
         victims=bench_victims,
     output:
-        table="results/bench/bench.md",
-        csv="results/bench/bench.csv",
-        json="results/bench/bench.json",
+        table=f"{BENCH}/bench.md",
+        csv=f"{BENCH}/bench.csv",
+        json=f"{BENCH}/bench.json",
     resources:
         gpu=1,
     conda:
         ENV
     threads: workflow.cores
     log:
-        "results/bench/bench.log",
+        f"{BENCH}/bench.log",
+    benchmark:
+        f"{BENCH}/benchmark.tsv"
     shell:
         "simudy --log {log} bench --settings {input.settings} --out-dir $(dirname {output.table})"
 
 
+rule bench:
+    input:
+        "results/bench/cpu/bench.md",
+
+
+rule bench_gpu:
+    input:
+        "results/bench/gpu/bench.md",
+
+
 rule bench_precision:
     input:
-        settings=BENCH_SETTINGS,
+        settings="bench/cpu.yaml",
     output:
-        table="results/bench/precision.md",
+        table="results/bench/cpu/precision.md",
     conda:
         ENV
     threads: workflow.cores
     log:
-        "results/bench/precision.log",
+        "results/bench/cpu/precision.log",
     shell:
         "simudy --log {log} bench-precision --settings {input.settings} --out-dir $(dirname {output.table})"

@@ -10,7 +10,6 @@ PROFILE = config.get("profile") or REG.active_profile
 # Rules run `simudy` from the active environment; with --use-conda, from this one.
 ENV = "../../environment.yml"
 RUN = "results/{experiment}/{profile}"
-BENCH_SETTINGS = "bench/settings.yaml"
 
 
 
@@ -50,9 +49,9 @@ def report_files(experiment, profile):
     return [f"{run}/report/figure.png", f"{run}/report/loss.png", f"{run}/report/rows.csv", f"{run}/metrics.json"]
 
 
-def bench_victims(_):
-    """The victims the benchmark's quality cases run on."""
-    cases = yaml.safe_load(open(BENCH_SETTINGS))["cases"].values()
+def bench_victims(w):
+    """The victims a benchmark suite's quality cases run on."""
+    cases = yaml.safe_load(open(f"bench/{w.suite}.yaml"))["cases"].values()
     runs = {(c["experiment"], c["profile"]) for c in cases if c["kind"] == "quality"}
     return [f"results/{e}/{p}/victim/thetaf.safetensors" for e, p in sorted(runs)]
 
