@@ -27,7 +27,7 @@ from simudy.checkpoints import load_weights  # noqa: E402
 from simudy.config import AblationConfig, AnyAttack, Registry  # noqa: E402
 from simudy.data import load_dataset  # noqa: E402
 from simudy.io import atomic_path, read_json  # noqa: E402
-from simudy.pairing import evaluate  # noqa: E402
+from simudy.pairing import progress_monitor  # noqa: E402
 from simudy.reconstruct import run_attack  # noqa: E402
 from simudy.victim import load_victim  # noqa: E402
 
@@ -50,24 +50,18 @@ def ssim_curve(cfg: AnyAttack, threat, victim_dir, out_dir, work_dir) -> pd.Data
     """SSIM (paper protocol) of the initial images and of every snapshot, with the
     optimisation time and loss at that step."""
     victim_dir, work_dir = Path(victim_dir), Path(work_dir)
-    truth = load_dataset(victim_dir / "truth.npz")
-    train = truth.normalised()
+    ssim = progress_monitor(load_dataset(victim_dir / "truth.npz"))
     loss = pd.read_csv(Path(out_dir) / "loss.csv").set_index("step")
     victim = load_victim(victim_dir)
     attack = get_attack(cfg)
     attack.start(victim, ThreatModel.from_victim(victim, threat), torch.device("cpu"))
-    rows = [{"step": 0, "seconds": 0.0, "loss": np.nan, "ssim": _ssim(train, attack.images().detach(), truth)}]
+    rows = [{"step": 0, "seconds": 0.0, "loss": np.nan, **ssim(attack.images().detach())}]
     for path in sorted((work_dir / "snapshots").glob("images_*.safetensors")):
         step = int(re.findall(r"\d+", path.stem)[-1])
         if step in loss.index:
-            images = load_weights(path)["images"]
             rows.append({"step": step, "seconds": float(loss.loc[step, "seconds"]),
-                         "loss": float(loss.loc[step, "loss"]), "ssim": _ssim(train, images, truth)})
+                         "loss": float(loss.loc[step, "loss"]), **ssim(load_weights(path)["images"])})
     return pd.DataFrame(rows)
-
-
-def _ssim(train: torch.Tensor, images: torch.Tensor, truth) -> float:
-    return evaluate(train, images, truth.mean, truth.std)[0]["ssim"]
 
 
 # -- the table and the plot -------------------------------------------------------------------

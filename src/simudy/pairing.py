@@ -13,15 +13,17 @@ Optimal (Hungarian) matching on the paper SSIM is reported beside the greedy one
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy.optimize import linear_sum_assignment
 from skimage.metrics import structural_similarity
 
 from simudy.checkpoints import load_weights
-from simudy.data import load_dataset
+from simudy.data import Dataset, load_dataset
 from simudy.errors import SimudyError
 from simudy.io import atomic_path, write_json
 
@@ -117,3 +119,16 @@ def pair_files(victim_dir: str | Path, reconstruct_dir: str | Path, out_dir: str
         pairs.to_csv(tmp, index=False, float_format="%.6f")
     write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def progress_monitor(truth: Dataset) -> Callable[[torch.Tensor], dict[str, float]]:
+    """Mean SSIM (paper protocol) of reconstructions against the training images `truth`: a
+    progress readout for logs and curves."""
+    train = truth.normalised()
+
+    def score(images: torch.Tensor) -> dict[str, float]:
+        if not torch.isfinite(images).all():
+            return {"ssim": float("nan")}
+        return {"ssim": evaluate(train, images, truth.mean, truth.std)[0]["ssim"]}
+
+    return score

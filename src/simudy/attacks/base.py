@@ -8,6 +8,7 @@ grants it, and a `ThreatModel` saying what else is known. It declares what it ne
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -77,6 +78,9 @@ def released(victim: Victim, threat: ThreatModel) -> Victim:
     return victim if "theta0" in threat.granted else replace(victim, theta0=None)
 
 
+Monitor = Callable[[torch.Tensor], dict[str, float]]
+
+
 @dataclass
 class Reconstruction:
     images: torch.Tensor  # [n, C, H, W] in the victim's normalised space, on the CPU
@@ -104,8 +108,10 @@ class Attack(ABC):
         return self.cfg.n_images or threat.n_images
 
     @abstractmethod
-    def run(self, victim: Victim, threat: ThreatModel, workdir: Path) -> Reconstruction:
-        """Reconstruct; `workdir` keeps snapshots so that a killed run resumes."""
+    def run(self, victim: Victim, threat: ThreatModel, workdir: Path, monitor: Monitor | None = None) -> Reconstruction:
+        """Reconstruct; `workdir` keeps snapshots so that a killed run resumes. `monitor`, if
+        given, scores the current images at every snapshot for the log (e.g. SSIM against the
+        truth); the attack never sees what it returns."""
 
 
 ATTACKS: dict[str, type[Attack]] = {}

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from simudy.attacks.base import Attack, Reconstruction, ThreatModel, released
+from simudy.attacks.base import Attack, Monitor, Reconstruction, ThreatModel, released
 from simudy.devices import pick_device
 from simudy.runstate import RunDir, RunState, fingerprint
 from simudy.simulate import flatten
@@ -40,7 +40,7 @@ class IterativeAttack(Attack):
     def images(self) -> torch.Tensor:
         return self.tensors["images"]
 
-    def run(self, victim: Victim, threat: ThreatModel, workdir: Path) -> Reconstruction:
+    def run(self, victim: Victim, threat: ThreatModel, workdir: Path, monitor: Monitor | None = None) -> Reconstruction:
         cfg = self.cfg
         device = pick_device(cfg.device)
         victim = self.start(victim, threat, device)
@@ -66,7 +66,12 @@ class IterativeAttack(Attack):
                 log.info("%s step %d/%d %s %.3f s/step", self.name, step + 1, cfg.steps, parts, seconds / (step + 1))
             out_of_time = cfg.max_minutes is not None and seconds >= 60 * cfg.max_minutes
             if (step + 1) % cfg.snapshot_every == 0 or step + 1 == cfg.steps or out_of_time:
-                run.snapshot(RunState(step + 1, seconds, self._capture()), self.images().detach().cpu())
+                images = self.images().detach().cpu()
+                run.snapshot(RunState(step + 1, seconds, self._capture()), images)
+                if monitor is not None:
+                    scores = " ".join(f"{k} {v:.4f}" for k, v in monitor(images).items())
+                    log.info("%s step %d: %s (against the truth; the attack does not see it)", self.name, step + 1,
+                             scores)
             if out_of_time:
                 log.info("%s: time budget of %g min used up after %d of %d steps", self.name, cfg.max_minutes,
                          step + 1, cfg.steps)
