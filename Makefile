@@ -14,8 +14,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(RUN) pytest -q
 
-# One CUDA machine, in order and resumably: fig1 (paper, then paper_fast), the paper-scale
-# benchmark (bench/gpu.yaml), fig5; summary in results/gpu/$(GPU_PROFILE)/summary.md.
+# One CUDA machine, in order and resumably: fig1's SimuDy (paper, then paper_fast), the
+# paper-scale benchmark (bench/gpu.yaml), fig5's SimuDy, then both experiments' baselines;
+# summary in results/gpu/$(GPU_PROFILE)/summary.md.
 GPU_PROFILE ?= paper
 gpu: $(STAMP)
 	$(RUN) simudy --log results/gpu/$(GPU_PROFILE)/gpu.log gpu --profile $(GPU_PROFILE)

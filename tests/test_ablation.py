@@ -42,6 +42,13 @@ def test_runs_are_the_baseline_each_change_and_all_combined(tmp_path):
     assert (fast.steps, fast.lr, fast.simulator.remat) == (paper.steps, 0.1, 2)
     both = reg.ablation_attack("demo_speed", "combined")
     assert (both.steps, both.lr, both.simulator.remat) == (6, 0.1, 2)
+    loo = load_registry(_registry(tmp_path, leave_one_out=True))
+    assert loo.ablation("demo_speed").runs() == ["paper", "short", "fast_lr", "without_short", "without_fast_lr",
+                                                 "combined"]
+    no_short = loo.ablation_attack("demo_speed", "without_short")
+    assert (no_short.steps, no_short.lr, no_short.simulator.remat) == (paper.steps, 0.1, 2)
+    with pytest.raises(SimudyError, match="the ablation has no run 'without_short'"):
+        ab.overrides("without_short")
 
 
 @pytest.mark.parametrize("edit, message", [

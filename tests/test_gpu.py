@@ -34,10 +34,11 @@ def _tiny_cifar(root: Path) -> Path:
     return root
 
 
-def test_the_plan_is_fig1_its_fast_variant_the_benchmark_then_fig5():
+def test_the_plan_is_simudy_first_then_the_baselines():
     steps = plan("paper")
-    assert [s.name for s in steps] == ["fig1", "fig1_fast", "bench", "fig5"]
-    assert [s.profile for s in steps] == ["paper", "paper_fast", None, "paper"]
+    assert [s.name for s in steps] == ["fig1", "fig1_fast", "bench", "fig5", "fig1_all", "fig5_all"]
+    assert [s.profile for s in steps] == ["paper", "paper_fast", None, "paper", "paper", "paper"]
+    assert steps[0].targets == ["results/fig1/paper/evaluate/simudy/metrics.json"]
     assert steps[2].targets == ["results/bench/gpu/bench.md"]
 
 
@@ -51,9 +52,10 @@ def test_gpu_command_runs_every_step_records_failures_and_resumes(tmp_path):
 
     summary = json.loads((work / "results/gpu/smoke/summary.json").read_text())
     steps = {s["step"]: s for s in summary["steps"]}
-    assert list(steps) == ["fig1", "fig1_fast", "bench", "fig5"]
+    assert list(steps) == ["fig1", "fig1_fast", "bench", "fig5", "fig1_all", "fig5_all"]
     assert all(s["status"] == "done" for s in steps.values())
-    assert set(steps["fig1"]["methods"]) == {"simudy", "buzaglo_authors"}
+    assert set(steps["fig1"]["methods"]) == {"simudy"}  # SimuDy before the baselines
+    assert set(steps["fig1_all"]["methods"]) == {"simudy", "buzaglo_authors"}
     assert steps["fig1"]["methods"]["simudy"]["paper_ssim"] == 0.3140
     assert set(steps["fig1_fast"]["methods"]) == {"simudy"}
     assert not (work / "results/fig1/smoke_fast/victim").exists()  # it attacked the smoke victim
@@ -67,5 +69,5 @@ def test_gpu_command_runs_every_step_records_failures_and_resumes(tmp_path):
     proc = run_tool(work, "simudy", "gpu", "--profile", "smoke", "--cores", "2", check=False, env=env)
     assert proc.returncode == 2 and "gpu steps failed: ['bench']" in proc.stderr
     steps = {s["step"]: s for s in json.loads((work / "results/gpu/smoke/summary.json").read_text())["steps"]}
-    assert [s["status"] for s in steps.values()] == ["done", "done", "failed (exit 1)", "done"]
+    assert [s["status"] for s in steps.values()] == ["done", "done", "failed (exit 1)", "done", "done", "done"]
     assert (work / "results/gpu/smoke/logs/fig5.log").read_text().count("Nothing to be done") == 1

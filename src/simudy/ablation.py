@@ -1,5 +1,6 @@
 """Time-to-SSIM ablations: on one victim, the paper's attack settings, each change on its own,
-and all changes combined, every run within the same wall-time budget.
+(optionally) all changes but one, and all changes combined, every run within the same
+wall-time budget.
 
 An ablation (registry section `ablations`) names an experiment, the profile whose victim is
 attacked, and the profile whose attack settings are the baseline (the paper's). Each run
@@ -116,6 +117,8 @@ def plot(path, ab: AblationConfig, curves: dict[str, pd.DataFrame], title: str) 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for name, curve in curves.items():
         style = {"lw": 2.2, "color": "black"} if name == ab.COMBINED else {"lw": 1.2}
+        if name.startswith(ab.WITHOUT):
+            style["ls"] = "--"
         ax.plot(curve["seconds"] / 60, curve["ssim"], label=name, **style)
     for t in ab.thresholds:
         ax.axhline(t, color="grey", lw=0.6, ls=":")

@@ -330,22 +330,27 @@ class AblationConfig(Strict):
     thresholds: list[float] = Field(min_length=1)  # mean SSIM levels to time
     at_minutes: list[float] = Field(min_length=1)  # times at which to read the SSIM
     changes: dict[str, Overrides] = Field(min_length=1)  # name -> overrides of the attack settings
+    # Also run all changes but one, for each change: whether it still pays next to the others.
+    leave_one_out: bool = False
 
     BASELINE: ClassVar[str] = "paper"
     COMBINED: ClassVar[str] = "combined"
+    WITHOUT: ClassVar[str] = "without_"
 
     def runs(self) -> list[str]:
-        return [self.BASELINE, *self.changes, self.COMBINED]
+        dropped = [self.WITHOUT + name for name in self.changes] if self.leave_one_out else []
+        return [self.BASELINE, *self.changes, *dropped, self.COMBINED]
 
     def overrides(self, run: str) -> Overrides:
         """What a run changes in the baseline's attack settings."""
+        if run not in self.runs():
+            raise SimudyError(f"the ablation has no run {run!r}; its runs: {self.runs()}")
         if run == self.BASELINE:
             return {}
-        if run == self.COMBINED:
-            return reduce(deep_merge, self.changes.values(), {})
-        if run not in self.changes:
-            raise SimudyError(f"the ablation has no run {run!r}; its runs: {self.runs()}")
-        return self.changes[run]
+        if run in self.changes:
+            return self.changes[run]
+        kept = [over for name, over in self.changes.items() if run != self.WITHOUT + name]
+        return reduce(deep_merge, kept, {})
 
 
 class Registry(Strict):

@@ -1,12 +1,13 @@
 """`make gpu`: the paper-scale runs for one CUDA machine, in order, then a summary.
 
-1. fig1 at the profile (the paper's settings), 2. fig1 at `<profile>_fast` (the same victim,
-the attack settings the fig1_speed ablation kept), 3. the simulator benchmark suite
-`bench/gpu.yaml`, 4. fig5 at the profile. Each step is one Snakemake call, so a killed run
-picks up where it stopped (finished outputs are kept, attacks resume from their snapshots);
-a failed step is recorded and the next one still runs. Everything lands under `results/`;
-`results/gpu/<profile>/summary.{md,json}` says what finished, with SSIM against the paper's
-values and the wall times.
+SimuDy first, the baselines last (they run up to 100 000 steps each): 1. fig1's SimuDy at the
+profile (the paper's settings), 2. fig1 at `<profile>_fast` (the same victim, the attack
+settings the fig1_speed ablation kept), 3. the simulator benchmark suite `bench/gpu.yaml`,
+4. fig5's SimuDy, 5.–6. fig1's and fig5's remaining methods and reports. Each step is one
+Snakemake call, so a killed run picks up where it stopped (finished outputs are kept, attacks
+resume from their snapshots); a failed step is recorded and the next one still runs.
+Everything lands under `results/`; `results/gpu/<profile>/summary.{md,json}` says what
+finished, with SSIM against the paper's values and the wall times.
 """
 
 from __future__ import annotations
@@ -38,14 +39,19 @@ class Step:
 
 
 def plan(profile: str) -> list[Step]:
-    def experiment(name: str, step: str, prof: str) -> Step:
+    def simudy(name: str, step: str, prof: str) -> Step:
+        return Step(step, [f"results/{name}/{prof}/evaluate/simudy/metrics.json"], name, prof)
+
+    def everything(name: str, step: str, prof: str) -> Step:
         run = f"results/{name}/{prof}"
         return Step(step, [f"{run}/metrics.json", f"{run}/report/figure.png"], name, prof)
 
-    return [experiment("fig1", "fig1", profile),
-            experiment("fig1", "fig1_fast", f"{profile}_fast"),
+    return [simudy("fig1", "fig1", profile),
+            everything("fig1", "fig1_fast", f"{profile}_fast"),
             Step("bench", [f"results/bench/{BENCH_SUITE}/bench.md"]),
-            experiment("fig5", "fig5", profile)]
+            simudy("fig5", "fig5", profile),
+            everything("fig1", "fig1_all", profile),
+            everything("fig5", "fig5_all", profile)]
 
 
 def run(reg: Registry, profile: str, cores: str = "all", snakemake: str = "snakemake") -> list[dict]:
@@ -72,17 +78,15 @@ def _results(reg: Registry, step: Step) -> dict:
         path = Path(step.targets[0])
         return {"table": path.read_text()} if path.exists() else {}
     run = Path("results") / step.experiment / step.profile
-    metrics = run / "metrics.json"
-    if not metrics.exists():
-        return {}
     paper = reg.resolve(step.experiment, step.profile).evaluate.paper_ssim
     methods = {}
-    for method, m in json.loads(metrics.read_text()).items():
+    for metrics in sorted((run / "evaluate").glob("*/metrics.json")):
+        method = metrics.parent.name
         info = run / "reconstruct" / method / "run.json"
         seconds = json.loads(info.read_text())["seconds"] if info.exists() else None
-        methods[method] = {"ssim": m["ssim"], "paper_ssim": paper.get(method),
+        methods[method] = {"ssim": json.loads(metrics.read_text())["ssim"], "paper_ssim": paper.get(method),
                            "attack_minutes": None if seconds is None else round(seconds / 60, 2)}
-    return {"methods": methods}
+    return {"methods": methods} if methods else {}
 
 
 def _device() -> str:

@@ -1,6 +1,7 @@
 # Time-to-SSIM ablations (registry section `ablations`): `snakemake <ablation>` runs the
-# paper's attack settings, each change on its own and all combined on the same victim, one
-# job per run (resumable from its snapshots), then the table and the SSIM-against-time plot.
+# paper's attack settings, each change on its own, all but one (leave_one_out) and all combined
+# on the same victim, one job per run (resumable from its snapshots), then the table and the
+# SSIM-against-time plot.
 ABLATION = "results/ablation/{ablation}"
 
 
