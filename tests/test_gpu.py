@@ -43,8 +43,8 @@ def test_the_plan_is_simudy_first_then_the_baselines():
 
 
 def test_gpu_command_runs_every_step_records_failures_and_resumes(tmp_path):
+    (tmp_path / "repo/bench").mkdir(parents=True)
     work = copy_pipeline(tmp_path / "repo")
-    (work / "bench").mkdir()
     (work / "bench/gpu.yaml").write_text(TINY_BENCH)
     env = {**os.environ, "PATH": f"{Path(tool('snakemake')).parent}{os.pathsep}{os.environ['PATH']}",
            "SIMUDY_DATA_CIFAR10": str(_tiny_cifar(tmp_path / "cifar")), "OMP_NUM_THREADS": "1"}

@@ -108,7 +108,8 @@ def make_table(reg: Registry, name: str, runs_root, out_dir) -> pd.DataFrame:
     with atomic_path(out_dir / "table.md") as tmp:
         tmp.write_text(f"# {title}\n\nMinutes are optimisation time (pre-training, victim training and "
                        "evaluation excluded); blank: not reached within the budget.\n\n"
-                       + table.to_markdown(index=False, floatfmt=".3g", missingval="") + "\n")
+                       + table.astype(object).where(table.notna(), None).to_markdown(index=False, floatfmt=".3g",
+                                                                              missingval="") + "\n")
     plot(out_dir / "curve.png", ab, curves, title)
     return table
 
