@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = add("ablation-table", cmd_ablation_table, "an ablation's table and SSIM-against-time plot", experiment=False,
             runs_root="folder of the runs' outputs", out_dir="output directory")
     t.add_argument("--ablation", required=True)
-    g = add("gpu", cmd_gpu, "fig1 and fig5 at paper scale, the GPU benchmark, in order; then a summary", experiment=False)
+    g = add("gpu", cmd_gpu, "fig1 and fig5 at paper scale and the GPU benchmark, in order", experiment=False)
     g.add_argument("--profile", default="paper", help="experiment profile (its `_fast` variant runs second)")
     g.add_argument("--cores", default="all", help="Snakemake --cores")
     b = add("bench", cmd_bench, "benchmark the simulator modes against the straightforward one", experiment=False,
