@@ -48,6 +48,11 @@ def ssim_matrix(train: np.ndarray, recon: np.ndarray, data_range: np.ndarray) ->
     return s
 
 
+def paper_ssim_matrix(train: np.ndarray, recon: np.ndarray) -> np.ndarray:
+    """The paper's protocol: SSIM in normalised space, each training image's own value range."""
+    return ssim_matrix(train, recon, train.max(axis=(1, 2, 3)) - train.min(axis=(1, 2, 3)))
+
+
 def greedy_match(score: np.ndarray) -> list[tuple[int, int]]:
     """Repeatedly take the best remaining (train, reconstruction) pair."""
     score = score.astype(float).copy()
@@ -78,7 +83,7 @@ def evaluate(train_norm, recon_norm, mean, std) -> tuple[dict, pd.DataFrame]:
     if train.shape[1:] != recon.shape[1:]:
         raise SimudyError(f"image shapes differ: training {train.shape[1:]} vs reconstructions {recon.shape[1:]}")
     mean, std = np.asarray(mean, float), np.asarray(std, float)
-    s_paper = ssim_matrix(train, recon, train.max(axis=(1, 2, 3)) - train.min(axis=(1, 2, 3)))
+    s_paper = paper_ssim_matrix(train, recon)
     train_px, recon_px = to_pixels(train, mean, std), to_pixels(recon, mean, std)
     s_pixel = ssim_matrix(train_px, recon_px, np.ones(len(train)))
 
@@ -124,11 +129,12 @@ def pair_files(victim_dir: str | Path, reconstruct_dir: str | Path, out_dir: str
 def progress_monitor(truth: Dataset) -> Callable[[torch.Tensor], dict[str, float]]:
     """Mean SSIM (paper protocol) of reconstructions against the training images `truth`: a
     progress readout for logs and curves."""
-    train = truth.normalised()
+    train = channels_last(truth.normalised())
 
     def score(images: torch.Tensor) -> dict[str, float]:
         if not torch.isfinite(images).all():
             return {"ssim": float("nan")}
-        return {"ssim": evaluate(train, images, truth.mean, truth.std)[0]["ssim"]}
+        s = paper_ssim_matrix(train, channels_last(images))
+        return {"ssim": float(sum(s[i, j] for i, j in greedy_match(s)) / len(train))}
 
     return score

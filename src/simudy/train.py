@@ -84,7 +84,7 @@ def settle(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: InitConfig) 
 def _epoch(model, x, y, opt, batch_size: int, augment: bool, gen: torch.Generator, sched=None) -> tuple[float, float]:
     """One shuffled pass over (x, y); returns the mean loss and the accuracy."""
     perm = torch.randperm(len(x), generator=gen)
-    total, correct = 0.0, 0
+    total, correct = torch.zeros((), device=x.device), torch.zeros((), device=x.device)
     for start in range(0, len(x), batch_size):
         idx = perm[start : start + batch_size]
         xb = _augment(x[idx], gen) if augment else x[idx]
@@ -95,9 +95,9 @@ def _epoch(model, x, y, opt, batch_size: int, augment: bool, gen: torch.Generato
         opt.step()
         if sched is not None:
             sched.step()
-        total += loss.item() * len(idx)
-        correct += int((out.argmax(1) == y[idx]).sum())
-    return total / len(x), correct / len(x)
+        total += loss.detach() * len(idx)  # summed on the device: no synchronisation per batch
+        correct += (out.argmax(1) == y[idx]).sum()
+    return total.item() / len(x), correct.item() / len(x)
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
