@@ -7,7 +7,7 @@ import pytest
 import torch
 from pydantic import TypeAdapter
 
-from simudy.attacks import ATTACKS, ThreatModel, get_attack
+from simudy.attacks import MODULES, ThreatModel, get_attack
 from simudy.config import AnyAttack, ThreatConfig, VictimConfig, load_registry
 from simudy.errors import SimudyError
 from simudy.models import build_model, centre_on, init_first_layer
@@ -75,7 +75,7 @@ def test_each_attack_improves_its_objective_and_returns_images(method, tmp_path)
 
 
 def test_every_registered_attack_is_in_the_catalogue():
-    assert {c["attack"] for c in CATALOGUE.values()} == set(ATTACKS)
+    assert {c["attack"] for c in CATALOGUE.values()} == set(MODULES)
 
 
 def test_gradient_inversion_recovers_the_image_of_a_linear_model_trained_one_step(tmp_path):

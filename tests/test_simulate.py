@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from simudy.config import SimulatorConfig, VictimConfig
-from simudy.models import build_model
+from simudy.models import build_model, flatten
 from simudy.objectives import cosine_distance
-from simudy.simulate import TrainingPlan, flatten, simulate
+from simudy.simulate import TrainingPlan, simulate
 from simudy.simulate_reference import simulate_reference
 from simudy.train import finetune
 

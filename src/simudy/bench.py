@@ -35,10 +35,9 @@ from simudy.data import load_dataset
 from simudy.devices import pick_device
 from simudy.errors import SimudyError
 from simudy.io import atomic_path, write_json
-from simudy.models import build_model
+from simudy.models import build_model, flatten
 from simudy.objectives import cosine_distance
 from simudy.pairing import evaluate
-from simudy.simulate import flatten
 from simudy.victim import Victim, load_victim
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from simudy import ablation, bench, checkpoints, data, gpu, pairing, report, train, victim
+from simudy import ablation, bench, checkpoints, data, dvcstages, gpu, pairing, report, train, victim
 from simudy.config import DEFAULT_REGISTRY, ExperimentConfig, load_experiment, load_registry
 from simudy.errors import SimudyError
 from simudy.reconstruct import reconstruct
@@ -41,7 +41,11 @@ def cmd_finetune_victim(a) -> None:
 
 
 def cmd_reconstruct(a) -> None:
-    info = reconstruct(_experiment(a).reconstruct, a.method, a.victim_dir, a.out_dir, a.work_dir)
+    # Wired here, not in simudy.reconstruct: the readout only logs, so a reconstruction does not
+    # depend on pairing's code.
+    truth = Path(a.victim_dir) / "truth.npz"
+    monitor = pairing.progress_monitor(data.load_dataset(truth)) if truth.exists() else None
+    info = reconstruct(_experiment(a).reconstruct, a.method, a.victim_dir, a.out_dir, a.work_dir, monitor)
     log.info("%s: %d steps in %.1f s (%.3f s/step) on %s", a.method, info["steps"], info["seconds"],
              info["seconds_per_step"], info["device"])
 
@@ -94,6 +98,11 @@ def cmd_bench_precision(a) -> None:
 
 def cmd_show_config(a) -> None:
     print(json.dumps(_experiment(a).model_dump(), indent=2))
+
+
+def cmd_dvc_yaml(a) -> None:
+    dvcstages.write(Path(a.repo), Path(a.out))
+    log.info("wrote %s", a.out)
 
 
 def cmd_import_checkpoint(a) -> None:
@@ -160,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("bench-precision", cmd_bench_precision, "float32 modes' image gradients against float64", experiment=False,
         settings="benchmark settings (YAML)", out_dir="output directory")
     add("show-config", cmd_show_config, "print an experiment's effective configuration")
+    d = add("dvc-yaml", cmd_dvc_yaml, "write dvc.yaml from the Snakemake DAG (one stage per job)", experiment=False)
+    d.add_argument("--repo", default=".", help="the checkout (Snakefile, params/)")
+    d.add_argument("--out", default="dvc.yaml")
     c = add("import-checkpoint", cmd_import_checkpoint, "convert a torch checkpoint to safetensors", experiment=False)
     c.add_argument("src")
     c.add_argument("dst")

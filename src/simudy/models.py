@@ -236,3 +236,8 @@ def resnet18(image_shape, num_classes, width=64) -> nn.Module:
 @register("resnet50")
 def resnet50(image_shape, num_classes, width=64) -> nn.Module:
     return ResNet(Bottleneck, [3, 4, 6, 3], image_shape[0], num_classes, width)
+
+
+def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Parameters (or their gradients) as one vector."""
+    return torch.cat([t.reshape(-1) for t in tensors])

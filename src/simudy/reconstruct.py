@@ -1,7 +1,8 @@
 """The simulate-and-reconstruct stage: run one of an experiment's attacks on a victim bundle and
 write `reconstruction.safetensors` (images in normalised space, and labels where the attack
 assigns them), `loss.csv` and `run.json`. Where the victim bundle holds the training images,
-the log shows the mean SSIM at every snapshot; the attack itself never sees them."""
+a `monitor` (the CLI passes pairing's SSIM) logs the mean SSIM at every snapshot; the attack
+itself never sees them."""
 
 from __future__ import annotations
 
@@ -11,26 +12,23 @@ from pathlib import Path
 import torch
 
 from simudy.attacks import ThreatModel, get_attack
+from simudy.attacks.base import Monitor
 from simudy.checkpoints import save_weights
 from simudy.config import AnyAttack, ReconstructConfig, ThreatConfig
-from simudy.data import load_dataset
 from simudy.io import atomic_path, write_json
-from simudy.pairing import progress_monitor
 from simudy.victim import load_victim
 
 
 def reconstruct(cfg: ReconstructConfig, method: str, victim_dir: str | Path, out_dir: str | Path,
-                work_dir: str | Path) -> dict:
-    return run_attack(cfg.method(method), cfg.threat, method, victim_dir, out_dir, work_dir)
+                work_dir: str | Path, monitor: Monitor | None = None) -> dict:
+    return run_attack(cfg.method(method), cfg.threat, method, victim_dir, out_dir, work_dir, monitor)
 
 
 def run_attack(attack_cfg: AnyAttack, threat: ThreatConfig, method: str, victim_dir: str | Path,
-               out_dir: str | Path, work_dir: str | Path) -> dict:
+               out_dir: str | Path, work_dir: str | Path, monitor: Monitor | None = None) -> dict:
     """Run one configured attack on a victim bundle and write its outputs to `out_dir`."""
     victim = load_victim(victim_dir)
     attack = get_attack(attack_cfg)
-    truth = Path(victim_dir) / "truth.npz"
-    monitor = progress_monitor(load_dataset(truth)) if truth.exists() else None
     result = attack.run(victim, ThreatModel.from_victim(victim, threat), Path(work_dir), monitor)
     out_dir = Path(out_dir)
     rows = result.info.pop("loss_rows")

@@ -39,7 +39,7 @@ def make_report(cfg: ExperimentConfig, victim_dir, reconstruct_root, evaluate_ro
                 metrics_out) -> pd.DataFrame:
     """The report stage, over all of the experiment's methods: `figure.png` (the training images
     above each method's matched reconstruction, as in the paper's comparison figures),
-    `<method>.png` (Fig. 1 layout), `loss.png`, `rows.csv` (a table row per method) and the
+    `methods/<method>.png` (Fig. 1 layout), `loss.png`, `rows.csv` (a table row per method) and the
     experiment's `metrics.json` (per method; DVC metrics)."""
     out_dir = Path(out_dir)
     truth = load_dataset(Path(victim_dir) / "truth.npz")
@@ -47,7 +47,7 @@ def make_report(cfg: ExperimentConfig, victim_dir, reconstruct_root, evaluate_ro
     train_px = pixels(truth.normalised())
     results = [_load(m, Path(reconstruct_root) / m, Path(evaluate_root) / m, pixels) for m in cfg.reconstruct.methods]
     for r in results:
-        reconstruction_figure(out_dir / f"{r.name}.png", r.recon_px, train_px, r.pairs, _title(cfg, r),
+        reconstruction_figure(out_dir / "methods" / f"{r.name}.png", r.recon_px, train_px, r.pairs, _title(cfg, r),
                               cfg.evaluate.show, cfg.evaluate.columns)
     comparison_figure(out_dir / "figure.png", train_px, results, f"{cfg.title} [{cfg.profile} profile]",
                       cfg.evaluate.show, cfg.evaluate.columns)

@@ -24,8 +24,7 @@ from simudy.config import ExperimentConfig
 from simudy.data import Dataset, load_dataset, save_dataset, select_subset
 from simudy.errors import SimudyError
 from simudy.io import read_json, write_json
-from simudy.models import build_model, centre_on
-from simudy.simulate import flatten
+from simudy.models import build_model, centre_on, flatten
 from simudy.train import finetune
 
 META_SCHEMA = 1

@@ -7,10 +7,11 @@ ABLATION = "results/ablation/{ablation}"
 
 rule ablation_run:
     input:
-        ablation_victim,
+        victim=ablation_victim,
+        code=code("ablation_run"),
     output:
-        curve=f"{ABLATION}/{{run}}/curve.csv",
         run=f"{ABLATION}/{{run}}/run.json",
+        curve=f"{ABLATION}/{{run}}/curve.csv",
     params:
         registry=REGISTRY,
         attack=lambda w: REG.ablation_attack(w.ablation, w.run).model_dump_json(),
@@ -19,24 +20,27 @@ rule ablation_run:
         gpu=1,
     conda:
         ENV
-    threads: workflow.cores
+    threads: HEAVY
     log:
         f"{ABLATION}/logs/{{run}}.log",
     benchmark:
         f"{ABLATION}/benchmarks/{{run}}.tsv"
     shell:
-        "simudy --log {log} ablation-run --registry {params.registry} --ablation {wildcards.ablation}"
-        " --run {wildcards.run} --victim-dir $(dirname {input}) --out-dir $(dirname {output.run})"
-        " --work-dir {params.work}"
+        cli(
+            "ablation-run --registry {params.registry} --ablation {wildcards.ablation} --run {wildcards.run}"
+            " --victim-dir $(dirname {input.victim}) --out-dir $(dirname {output.run}) --work-dir {params.work}"
+        )
 
 
 rule ablation_table:
     input:
-        lambda w: [f"{ABLATION}/{run}/curve.csv".format(ablation=w.ablation) for run in REG.ablation(w.ablation).runs()],
+        curves=lambda w: [f"{ABLATION}/{run}/curve.csv".format(ablation=w.ablation) for run in REG.ablation(w.ablation).runs()],
+        code=code("ablation_table"),
     output:
         table=f"{ABLATION}/table.md",
         csv=f"{ABLATION}/table.csv",
-        plot=report(f"{ABLATION}/curve.png", caption="../report/ablation.rst", category="ablations"),
+        plot=report(f"{ABLATION}/curve.png", caption="../report/ablation.rst", category="ablations",
+                    labels={"ablation": "{ablation}", "figure": "SSIM against time"}),
     params:
         registry=REGISTRY,
     conda:
@@ -44,8 +48,10 @@ rule ablation_table:
     log:
         f"{ABLATION}/logs/table.log",
     shell:
-        "simudy --log {log} ablation-table --registry {params.registry} --ablation {wildcards.ablation}"
-        " --runs-root $(dirname {output.table}) --out-dir $(dirname {output.table})"
+        cli(
+            "ablation-table --registry {params.registry} --ablation {wildcards.ablation}"
+            " --runs-root $(dirname {output.table}) --out-dir $(dirname {output.table})"
+        )
 
 
 for _name in REG.ablations:

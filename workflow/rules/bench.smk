@@ -9,6 +9,7 @@ rule benchmark_suite:
     input:
         settings="bench/{suite}.yaml",
         victims=bench_victims,
+        code=code("benchmark_suite"),
     output:
         table=f"{BENCH}/bench.md",
         csv=f"{BENCH}/bench.csv",
@@ -17,13 +18,13 @@ rule benchmark_suite:
         gpu=1,
     conda:
         ENV
-    threads: workflow.cores
+    threads: HEAVY
     log:
         f"{BENCH}/bench.log",
     benchmark:
         f"{BENCH}/benchmark.tsv"
     shell:
-        "simudy --log {log} bench --settings {input.settings} --out-dir $(dirname {output.table})"
+        cli("bench --settings {input.settings} --out-dir $(dirname {output.table})")
 
 
 rule bench:
@@ -39,12 +40,13 @@ rule bench_gpu:
 rule bench_precision:
     input:
         settings="bench/cpu.yaml",
+        code=code("bench_precision"),
     output:
         table="results/bench/cpu/precision.md",
     conda:
         ENV
-    threads: workflow.cores
+    threads: HEAVY
     log:
         "results/bench/cpu/precision.log",
     shell:
-        "simudy --log {log} bench-precision --settings {input.settings} --out-dir $(dirname {output.table})"
+        cli("bench-precision --settings {input.settings} --out-dir $(dirname {output.table})")

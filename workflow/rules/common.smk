@@ -1,32 +1,50 @@
 import json
+import sys
+from pathlib import Path
 
 import yaml
 
-from simudy.config import load_registry
+# The rules run this checkout's package, whichever environment runs Snakemake (or --use-conda's).
+SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC)
+
+from simudy import lineage  # noqa: E402
+from simudy.config import load_registry  # noqa: E402
 
 REGISTRY = config["registry"]
 REG = load_registry(REGISTRY)
+RAW = yaml.safe_load(open(REGISTRY))
 PROFILE = config.get("profile") or REG.active_profile
-# Rules run `simudy` from the active environment; with --use-conda, from this one.
-ENV = "../../environment.yml"
+ENV = "../envs/simudy.yaml"
 RUN = "results/{experiment}/{profile}"
+# Threads of the jobs that train or attack (torch follows OMP_NUM_THREADS, which Snakemake sets
+# to a job's threads): fixed, so that a result does not depend on --cores.
+HEAVY = 2
 
+
+def cli(args):
+    """A rule's shell command: the simudy CLI with everything it prints in the rule's log.
+    It first creates its first output empty: Snakemake marks it incomplete, so a failed or
+    killed job is redone, with everything downstream, by the next run (rerun-incomplete in
+    profiles/default) instead of being skipped because its downstream files still exist."""
+    return f"touch {{output[0]}} && PYTHONPATH={SRC} python -m simudy {args} > {{log}} 2>&1"
 
 
 def cfg(w):
     return REG.resolve(w.experiment, w.profile)
 
 
-def section(name):
-    """One resolved config section as a params value, so that editing it reruns the job."""
-    return lambda w: json.dumps(cfg(w).section(name), sort_keys=True)
+def tracked(rule):
+    """Params value: the registry entries the rule's job reads, as DVC tracks them."""
+    return lambda w: json.dumps(lineage.values(RAW, lineage.step_keys(RAW, REG, rule, dict(w.items()))),
+                                sort_keys=True)
 
 
-def method_section(w):
-    """One method's attack settings and the threat model: editing another method's settings
-    does not rerun this one."""
-    r = cfg(w).reconstruct
-    return json.dumps({"threat": r.threat.model_dump(), "attack": r.method(w.method).model_dump()}, sort_keys=True)
+def code(rule):
+    """Input: the package's source files the rule's job runs (a reconstruction: its attack's)."""
+    if rule == "simulate_and_reconstruct":
+        return lambda w: lineage.step_code(rule, cfg(w).reconstruct.method(w.method).attack)
+    return lineage.step_code(rule)
 
 
 def per_method(pattern):
@@ -46,7 +64,13 @@ def dataset_file(w):
 
 def report_files(experiment, profile):
     run = RUN.format(experiment=experiment, profile=profile)
-    return [f"{run}/report/figure.png", f"{run}/report/loss.png", f"{run}/report/rows.csv", f"{run}/metrics.json"]
+    return [f"{run}/report/rows.csv", f"{run}/metrics.json"]
+
+
+def paper_value(w):
+    """The paper's mean SSIM per method, for the figure captions."""
+    paper = cfg(w).evaluate.paper_ssim
+    return ", ".join(f"{m} {paper[m]:.4f}" for m in cfg(w).reconstruct.methods if m in paper) or "not reported"
 
 
 def bench_victims(w):

@@ -1,13 +1,16 @@
 rule fetch_data:
+    input:
+        code=code("fetch_data"),
     output:
         "results/data/{dataset}.npz",
     params:
         registry=REGISTRY,
-        spec=lambda w: REG.datasets[w.dataset].model_dump_json(),
+        tracked=tracked("fetch_data"),
     conda:
         ENV
     log:
         "results/logs/fetch_data/{dataset}.log",
+    benchmark:
+        "results/benchmarks/fetch_data/{dataset}.tsv"
     shell:
-        "simudy --log {log} fetch-data --registry {params.registry} --dataset {wildcards.dataset}"
-        " --out {output}"
+        cli("fetch-data --registry {params.registry} --dataset {wildcards.dataset} --out {output}")

@@ -2,6 +2,7 @@ rule pair_by_ssim:
     input:
         truth=victim_file("truth.npz"),
         images=rules.simulate_and_reconstruct.output.images,
+        code=code("pair_by_ssim"),
     output:
         metrics=f"{RUN}/evaluate/{{method}}/metrics.json",
         pairs=f"{RUN}/evaluate/{{method}}/pairs.csv",
@@ -9,9 +10,13 @@ rule pair_by_ssim:
         ENV
     log:
         f"{RUN}/logs/pair_{{method}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/pair_{{method}}.tsv"
     shell:
-        "simudy --log {log} pair --victim-dir $(dirname {input.truth})"
-        " --reconstruct-dir $(dirname {input.images}) --out-dir $(dirname {output.metrics})"
+        cli(
+            "pair --victim-dir $(dirname {input.truth}) --reconstruct-dir $(dirname {input.images})"
+            " --out-dir $(dirname {output.metrics})"
+        )
 
 
 rule report:
@@ -19,15 +24,21 @@ rule report:
         truth=victim_file("truth.npz"),
         runs=per_method(f"{RUN}/reconstruct/{{method}}/run.json"),
         metrics=per_method(f"{RUN}/evaluate/{{method}}/metrics.json"),
+        code=code("report"),
     output:
-        figure=report(f"{RUN}/report/figure.png", category="reconstructions"),
-        loss=report(f"{RUN}/report/loss.png", category="loss curves"),
         rows=f"{RUN}/report/rows.csv",
+        figure=report(f"{RUN}/report/figure.png", caption="../report/figure.rst", category="{experiment}",
+                      subcategory="all methods", labels={"experiment": "{experiment}", "figure": "methods compared"}),
+        loss=report(f"{RUN}/report/loss.png", caption="../report/loss.rst", category="{experiment}",
+                    subcategory="all methods", labels={"experiment": "{experiment}", "figure": "loss curves"}),
+        methods=report(directory(f"{RUN}/report/methods"), patterns=["{method}.png"],
+                       caption="../report/method.rst", category="{experiment}", subcategory="per method",
+                       labels={"experiment": "{experiment}", "figure": "{method}"}),
         metrics=f"{RUN}/metrics.json",
     params:
         registry=REGISTRY,
-        evaluate=section("evaluate"),
-        methods=lambda w: cfg(w).reconstruct.methods,
+        tracked=tracked("report"),
+        paper=paper_value,
         reconstruct_root=f"{RUN}/reconstruct",
         evaluate_root=f"{RUN}/evaluate",
     conda:
@@ -35,35 +46,41 @@ rule report:
     log:
         f"{RUN}/logs/report.log",
     shell:
-        "simudy --log {log} report --registry {params.registry}"
-        " --experiment {wildcards.experiment} --profile {wildcards.profile}"
-        " --victim-dir $(dirname {input.truth}) --reconstruct-root {params.reconstruct_root}"
-        " --evaluate-root {params.evaluate_root} --out-dir $(dirname {output.rows}) --metrics-out {output.metrics}"
+        cli(
+            "report --registry {params.registry} --experiment {wildcards.experiment} --profile {wildcards.profile}"
+            " --victim-dir $(dirname {input.truth}) --reconstruct-root {params.reconstruct_root}"
+            " --evaluate-root {params.evaluate_root} --out-dir $(dirname {output.rows}) --metrics-out {output.metrics}"
+        )
 
 
 rule table:
     input:
         rows=[f"results/{e}/{{profile}}/report/rows.csv" for e in REG.experiments],
+        code=code("table"),
     output:
-        "results/table_{profile}.md",
+        report("results/table_{profile}.md", caption="../report/table.rst", category="tables",
+               labels={"table": "all experiments", "profile": "{profile}"}),
     conda:
         ENV
     log:
         "results/logs/table_{profile}.log",
     shell:
-        "simudy --log {log} table --out {output} {input.rows}"
+        cli("table --out {output} -- {input.rows}")
 
 
 rule group_table:
     input:
         rows=lambda w: [f"results/{e}/{w.profile}/report/rows.csv" for e in REG.groups[w.group].experiments],
+        code=code("group_table"),
     output:
-        "results/{group}_{profile}.md",
+        report("results/{group}_{profile}.md", caption="../report/table.rst", category="tables",
+               labels={"table": "{group}", "profile": "{profile}"}),
     params:
+        tracked=tracked("group_table"),
         methods=lambda w: " ".join(REG.groups[w.group].methods),
     conda:
         ENV
     log:
         "results/logs/{group}_{profile}.log",
     shell:
-        "simudy --log {log} table --out {output} --methods {params.methods} -- {input.rows}"
+        cli("table --out {output} --methods {params.methods} -- {input.rows}")

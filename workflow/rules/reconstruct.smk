@@ -3,13 +3,14 @@ rule simulate_and_reconstruct:
         meta=victim_file("victim.json"),
         theta0=victim_file("theta0.safetensors"),
         thetaf=victim_file("thetaf.safetensors"),
+        code=code("simulate_and_reconstruct"),
     output:
+        run=f"{RUN}/reconstruct/{{method}}/run.json",
         images=f"{RUN}/reconstruct/{{method}}/reconstruction.safetensors",
         loss=f"{RUN}/reconstruct/{{method}}/loss.csv",
-        run=f"{RUN}/reconstruct/{{method}}/run.json",
     params:
         registry=REGISTRY,
-        attack=method_section,
+        tracked=tracked("simulate_and_reconstruct"),
         # Snapshots live outside the declared outputs, which Snakemake deletes before a
         # rerun: a killed job resumes from them.
         work=f"{RUN}/work/{{method}}",
@@ -17,11 +18,14 @@ rule simulate_and_reconstruct:
         gpu=1,
     conda:
         ENV
-    threads: workflow.cores
+    threads: HEAVY
     log:
         f"{RUN}/logs/reconstruct_{{method}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/reconstruct_{{method}}.tsv"
     shell:
-        "simudy --log {log} reconstruct --registry {params.registry}"
-        " --experiment {wildcards.experiment} --profile {wildcards.profile} --method {wildcards.method}"
-        " --victim-dir $(dirname {input.meta}) --out-dir $(dirname {output.images})"
-        " --work-dir {params.work}"
+        cli(
+            "reconstruct --registry {params.registry} --experiment {wildcards.experiment}"
+            " --profile {wildcards.profile} --method {wildcards.method} --victim-dir $(dirname {input.meta})"
+            " --out-dir $(dirname {output.images}) --work-dir {params.work}"
+        )

@@ -1,23 +1,27 @@
 rule pretrain:
     input:
-        dataset_file,
+        data=dataset_file,
+        code=code("pretrain"),
     output:
-        theta0=f"{RUN}/init/theta0.safetensors",
         info=f"{RUN}/init/init.json",
+        theta0=f"{RUN}/init/theta0.safetensors",
     params:
         registry=REGISTRY,
-        init=section("init"),
+        tracked=tracked("pretrain"),
     resources:
         gpu=1,
     conda:
         ENV
-    threads: workflow.cores
+    threads: HEAVY
     log:
         f"{RUN}/logs/pretrain.log",
+    benchmark:
+        f"{RUN}/benchmarks/pretrain.tsv"
     shell:
-        "simudy --log {log} pretrain --registry {params.registry}"
-        " --experiment {wildcards.experiment} --profile {wildcards.profile}"
-        " --data {input} --out-dir $(dirname {output.theta0})"
+        cli(
+            "pretrain --registry {params.registry} --experiment {wildcards.experiment} --profile {wildcards.profile}"
+            " --data {input.data} --out-dir $(dirname {output.theta0})"
+        )
 
 
 rule finetune_victim:
@@ -25,23 +29,27 @@ rule finetune_victim:
         data=dataset_file,
         theta0=rules.pretrain.output.theta0,
         info=rules.pretrain.output.info,
+        code=code("finetune_victim"),
     output:
+        meta=f"{RUN}/victim/victim.json",
         theta0=f"{RUN}/victim/theta0.safetensors",
         thetaf=f"{RUN}/victim/thetaf.safetensors",
         truth=f"{RUN}/victim/truth.npz",
-        meta=f"{RUN}/victim/victim.json",
     params:
         registry=REGISTRY,
-        victim=section("victim"),
+        tracked=tracked("finetune_victim"),
     resources:
         gpu=1,
     conda:
         ENV
-    threads: workflow.cores
+    threads: HEAVY
     log:
         f"{RUN}/logs/finetune_victim.log",
+    benchmark:
+        f"{RUN}/benchmarks/finetune_victim.tsv"
     shell:
-        "simudy --log {log} finetune-victim --registry {params.registry}"
-        " --experiment {wildcards.experiment} --profile {wildcards.profile}"
-        " --data {input.data} --init-dir $(dirname {input.theta0})"
-        " --out-dir $(dirname {output.meta})"
+        cli(
+            "finetune-victim --registry {params.registry} --experiment {wildcards.experiment}"
+            " --profile {wildcards.profile} --data {input.data} --init-dir $(dirname {input.theta0})"
+            " --out-dir $(dirname {output.meta})"
+        )

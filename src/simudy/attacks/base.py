@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from importlib import import_module
 from pathlib import Path
 
 import torch
@@ -114,6 +115,15 @@ class Attack(ABC):
         truth); the attack never sees what it returns."""
 
 
+# Each attack's module, imported on first use: a run loads only its own attack's code, so the
+# pipeline can tell which source files a reconstruction depends on (simudy.lineage).
+MODULES = {
+    "simudy": "simudy.attacks.simudy",
+    "loo": "simudy.attacks.loo",
+    "kkt": "simudy.attacks.kkt",
+    "weighted_ce": "simudy.attacks.authors",
+    "gradinv": "simudy.attacks.gradinv",
+}
 ATTACKS: dict[str, type[Attack]] = {}
 
 
@@ -122,10 +132,15 @@ def register(cls: type[Attack]) -> type[Attack]:
     return cls
 
 
+def attack_class(name: str) -> type[Attack]:
+    if name not in MODULES:
+        raise SimudyError(f"unknown attack {name!r}; known: {sorted(MODULES)}")
+    import_module(MODULES[name])
+    return ATTACKS[name]
+
+
 def get_attack(cfg: AttackConfig) -> Attack:
-    if cfg.attack not in ATTACKS:
-        raise SimudyError(f"unknown attack {cfg.attack!r}; known: {sorted(ATTACKS)}")
-    return ATTACKS[cfg.attack](cfg)
+    return attack_class(cfg.attack)(cfg)
 
 
 def balanced_labels(n: int, num_classes: int, gen: torch.Generator) -> torch.Tensor:

@@ -15,8 +15,8 @@ from simudy.attacks.base import ThreatModel, balanced_labels, register
 from simudy.attacks.optimise import IterativeAttack
 from simudy.errors import SimudyError
 from simudy.losses import training_loss
+from simudy.models import flatten
 from simudy.objectives import cosine_distance, total_variation
-from simudy.simulate import flatten
 from simudy.victim import Victim, parameter_change
 
 

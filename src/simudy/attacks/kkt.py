@@ -16,9 +16,8 @@ import torch
 from simudy.attacks.base import register
 from simudy.attacks.matching import GradientMatching
 from simudy.losses import margins
-from simudy.models import activation
+from simudy.models import activation, flatten
 from simudy.objectives import box_penalty
-from simudy.simulate import flatten
 from simudy.victim import parameter_change
 
 

@@ -17,7 +17,7 @@ from torch.func import functional_call
 
 from simudy.attacks.base import ThreatModel, balanced_labels
 from simudy.attacks.optimise import IterativeAttack
-from simudy.simulate import flatten
+from simudy.models import flatten
 from simudy.victim import Victim
 
 

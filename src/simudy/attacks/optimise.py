@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from simudy.attacks.base import Attack, Monitor, Reconstruction, ThreatModel, released
 from simudy.devices import pick_device
+from simudy.models import flatten
 from simudy.runstate import RunDir, RunState, fingerprint
-from simudy.simulate import flatten
 from simudy.victim import Victim
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,9 @@ import torch
 from simudy.attacks.base import ThreatModel, balanced_labels, register
 from simudy.attacks.optimise import IterativeAttack
 from simudy.config import SimulatorConfig
+from simudy.models import flatten
 from simudy.objectives import cosine_distance, squared_distance, total_variation
-from simudy.simulate import Simulation, TrainingPlan, flatten, matmul_precision, simulate
+from simudy.simulate import Simulation, TrainingPlan, matmul_precision, simulate
 from simudy.simulate_reference import simulate_reference
 from simudy.victim import Victim, parameter_change
 
