@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from simudy import ablation, bench, checkpoints, data, dvcstages, gpu, pairing, report, train, victim
+from simudy import ablation, bench, checkpoints, data, dvcstages, gpu, pairing, report, schema, train, victim
 from simudy.config import DEFAULT_REGISTRY, ExperimentConfig, load_experiment, load_registry
 from simudy.errors import SimudyError
 from simudy.reconstruct import reconstruct
@@ -105,6 +105,11 @@ def cmd_dvc_yaml(a) -> None:
     log.info("wrote %s", a.out)
 
 
+def cmd_schema(a) -> None:
+    schema.write(a.out)
+    log.info("wrote %s", a.out)
+
+
 def cmd_import_checkpoint(a) -> None:
     n = checkpoints.import_torch_checkpoint(a.src, a.dst)
     log.info("wrote %d tensors to %s", n, a.dst)
@@ -172,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = add("dvc-yaml", cmd_dvc_yaml, "write dvc.yaml from the Snakemake DAG (one stage per job)", experiment=False)
     d.add_argument("--repo", default=".", help="the checkout (Snakefile, params/)")
     d.add_argument("--out", default="dvc.yaml")
+    s = add("schema", cmd_schema, "write the registry's JSON schema (for editors)", experiment=False)
+    s.add_argument("--out", default="params/experiments.schema.json")
     c = add("import-checkpoint", cmd_import_checkpoint, "convert a torch checkpoint to safetensors", experiment=False)
     c.add_argument("src")
     c.add_argument("dst")

@@ -51,21 +51,25 @@ def stage(job: dict[str, Any], keys: list[str], registry: str) -> tuple[str, dic
     rule, outputs = job["rule"], job["output"]
     name = "-".join([rule, *job["wildcards"].values()])
     spec: dict[str, Any] = {
-        "cmd": f"snakemake --cores all --allowed-rules {rule} --forcerun {rule} -- {' '.join(outputs)}",
+        # DVC's own lock serialises its stages, so Snakemake's is not taken: a killed `dvc repro`
+        # leaves no stale Snakemake lock behind.
+        "cmd": f"snakemake --cores all --nolock --allowed-rules {rule} --forcerun {rule} -- {' '.join(outputs)}",
         "deps": job["input"],
     }
     if keys:
         spec["params"] = [{registry: keys}]
+    # persist: DVC must not delete outputs before the stage runs; Snakemake keeps them until the
+    # job succeeds and restores them if it fails (see `cli` in workflow/rules/common.smk).
     outs, metrics, plots = [], [], []
     for path in outputs:
         if path.endswith("/metrics.json") and rule == "report":
-            metrics.append({path: {"cache": False}})
+            metrics.append({path: {"cache": False, "persist": True}})
         elif path.endswith("/loss.csv"):
-            plots.append({path: {"cache": False, "x": "step", "y": "loss"}})
+            plots.append({path: {"cache": False, "persist": True, "x": "step", "y": "loss"}})
         elif path.endswith(".md"):
-            outs.append({path: {"cache": False}})
+            outs.append({path: {"cache": False, "persist": True}})
         else:
-            outs.append(path)
+            outs.append({path: {"persist": True}})
     for field, entries in (("outs", outs), ("metrics", metrics), ("plots", plots)):
         if entries:
             spec[field] = entries

@@ -10,8 +10,8 @@ rule ablation_run:
         victim=ablation_victim,
         code=code("ablation_run"),
     output:
-        run=f"{ABLATION}/{{run}}/run.json",
-        curve=f"{ABLATION}/{{run}}/curve.csv",
+        run=update(f"{ABLATION}/{{run}}/run.json"),
+        curve=update(f"{ABLATION}/{{run}}/curve.csv"),
     params:
         registry=REGISTRY,
         attack=lambda w: REG.ablation_attack(w.ablation, w.run).model_dump_json(),
@@ -37,10 +37,10 @@ rule ablation_table:
         curves=lambda w: [f"{ABLATION}/{run}/curve.csv".format(ablation=w.ablation) for run in REG.ablation(w.ablation).runs()],
         code=code("ablation_table"),
     output:
-        table=f"{ABLATION}/table.md",
-        csv=f"{ABLATION}/table.csv",
-        plot=report(f"{ABLATION}/curve.png", caption="../report/ablation.rst", category="ablations",
-                    labels={"ablation": "{ablation}", "figure": "SSIM against time"}),
+        table=update(f"{ABLATION}/table.md"),
+        csv=update(f"{ABLATION}/table.csv"),
+        plot=update(report(f"{ABLATION}/curve.png", caption="../report/ablation.rst", category="ablations",
+                    labels={"ablation": "{ablation}", "figure": "SSIM against time"})),
     params:
         registry=REGISTRY,
     conda:

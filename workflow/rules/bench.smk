@@ -11,9 +11,9 @@ rule benchmark_suite:
         victims=bench_victims,
         code=code("benchmark_suite"),
     output:
-        table=f"{BENCH}/bench.md",
-        csv=f"{BENCH}/bench.csv",
-        json=f"{BENCH}/bench.json",
+        table=update(f"{BENCH}/bench.md"),
+        csv=update(f"{BENCH}/bench.csv"),
+        json=update(f"{BENCH}/bench.json"),
     resources:
         gpu=1,
     conda:
@@ -42,7 +42,7 @@ rule bench_precision:
         settings="bench/cpu.yaml",
         code=code("bench_precision"),
     output:
-        table="results/bench/cpu/precision.md",
+        table=update("results/bench/cpu/precision.md"),
     conda:
         ENV
     threads: HEAVY

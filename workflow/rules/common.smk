@@ -22,12 +22,15 @@ RUN = "results/{experiment}/{profile}"
 HEAVY = 2
 
 
-def cli(args):
-    """A rule's shell command: the simudy CLI with everything it prints in the rule's log.
-    It first creates its first output empty: Snakemake marks it incomplete, so a failed or
-    killed job is redone, with everything downstream, by the next run (rerun-incomplete in
-    profiles/default) instead of being skipped because its downstream files still exist."""
-    return f"touch {{output[0]}} && PYTHONPATH={SRC} python -m simudy {args} > {{log}} 2>&1"
+def cli(args, outputs="{output}"):
+    """A rule's shell command: the simudy CLI, everything it prints going to the rule's log.
+
+    Every output is flagged update(): Snakemake keeps it until the job succeeds and restores it
+    if the job fails, so a failed job never leaves a missing file under downstream results that
+    Snakemake would then report as up to date (snakemake/snakemake#1978). The job first empties
+    its outputs: a killed run leaves them empty and marked incomplete, which the next snakemake
+    (rerun-incomplete, profiles/default) and the next dvc repro (hash changed) both redo."""
+    return f"truncate -s 0 {outputs} && PYTHONPATH={SRC} python -m simudy {args} > {{log}} 2>&1"
 
 
 def cfg(w):

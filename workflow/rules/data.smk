@@ -2,7 +2,7 @@ rule fetch_data:
     input:
         code=code("fetch_data"),
     output:
-        "results/data/{dataset}.npz",
+        update("results/data/{dataset}.npz"),
     params:
         registry=REGISTRY,
         tracked=tracked("fetch_data"),

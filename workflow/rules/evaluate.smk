@@ -4,8 +4,8 @@ rule pair_by_ssim:
         images=rules.simulate_and_reconstruct.output.images,
         code=code("pair_by_ssim"),
     output:
-        metrics=f"{RUN}/evaluate/{{method}}/metrics.json",
-        pairs=f"{RUN}/evaluate/{{method}}/pairs.csv",
+        metrics=update(f"{RUN}/evaluate/{{method}}/metrics.json"),
+        pairs=update(f"{RUN}/evaluate/{{method}}/pairs.csv"),
     conda:
         ENV
     log:
@@ -26,15 +26,15 @@ rule report:
         metrics=per_method(f"{RUN}/evaluate/{{method}}/metrics.json"),
         code=code("report"),
     output:
-        rows=f"{RUN}/report/rows.csv",
-        figure=report(f"{RUN}/report/figure.png", caption="../report/figure.rst", category="{experiment}",
-                      subcategory="all methods", labels={"experiment": "{experiment}", "figure": "methods compared"}),
-        loss=report(f"{RUN}/report/loss.png", caption="../report/loss.rst", category="{experiment}",
-                    subcategory="all methods", labels={"experiment": "{experiment}", "figure": "loss curves"}),
+        rows=update(f"{RUN}/report/rows.csv"),
+        figure=update(report(f"{RUN}/report/figure.png", caption="../report/figure.rst", category="{experiment}",
+                      subcategory="all methods", labels={"experiment": "{experiment}", "figure": "methods compared"})),
+        loss=update(report(f"{RUN}/report/loss.png", caption="../report/loss.rst", category="{experiment}",
+                    subcategory="all methods", labels={"experiment": "{experiment}", "figure": "loss curves"})),
         methods=report(directory(f"{RUN}/report/methods"), patterns=["{method}.png"],
                        caption="../report/method.rst", category="{experiment}", subcategory="per method",
                        labels={"experiment": "{experiment}", "figure": "{method}"}),
-        metrics=f"{RUN}/metrics.json",
+        metrics=update(f"{RUN}/metrics.json"),
     params:
         registry=REGISTRY,
         tracked=tracked("report"),
@@ -49,7 +49,8 @@ rule report:
         cli(
             "report --registry {params.registry} --experiment {wildcards.experiment} --profile {wildcards.profile}"
             " --victim-dir $(dirname {input.truth}) --reconstruct-root {params.reconstruct_root}"
-            " --evaluate-root {params.evaluate_root} --out-dir $(dirname {output.rows}) --metrics-out {output.metrics}"
+            " --evaluate-root {params.evaluate_root} --out-dir $(dirname {output.rows}) --metrics-out {output.metrics}",
+            outputs="{output.rows} {output.figure} {output.loss} {output.metrics}",
         )
 
 
@@ -58,8 +59,8 @@ rule table:
         rows=[f"results/{e}/{{profile}}/report/rows.csv" for e in REG.experiments],
         code=code("table"),
     output:
-        report("results/table_{profile}.md", caption="../report/table.rst", category="tables",
-               labels={"table": "all experiments", "profile": "{profile}"}),
+        update(report("results/table_{profile}.md", caption="../report/table.rst", category="tables",
+                      labels={"table": "all experiments", "profile": "{profile}"})),
     conda:
         ENV
     log:
@@ -73,8 +74,8 @@ rule group_table:
         rows=lambda w: [f"results/{e}/{w.profile}/report/rows.csv" for e in REG.groups[w.group].experiments],
         code=code("group_table"),
     output:
-        report("results/{group}_{profile}.md", caption="../report/table.rst", category="tables",
-               labels={"table": "{group}", "profile": "{profile}"}),
+        update(report("results/{group}_{profile}.md", caption="../report/table.rst", category="tables",
+                      labels={"table": "{group}", "profile": "{profile}"})),
     params:
         tracked=tracked("group_table"),
         methods=lambda w: " ".join(REG.groups[w.group].methods),

@@ -5,9 +5,9 @@ rule simulate_and_reconstruct:
         thetaf=victim_file("thetaf.safetensors"),
         code=code("simulate_and_reconstruct"),
     output:
-        run=f"{RUN}/reconstruct/{{method}}/run.json",
-        images=f"{RUN}/reconstruct/{{method}}/reconstruction.safetensors",
-        loss=f"{RUN}/reconstruct/{{method}}/loss.csv",
+        run=update(f"{RUN}/reconstruct/{{method}}/run.json"),
+        images=update(f"{RUN}/reconstruct/{{method}}/reconstruction.safetensors"),
+        loss=update(f"{RUN}/reconstruct/{{method}}/loss.csv"),
     params:
         registry=REGISTRY,
         tracked=tracked("simulate_and_reconstruct"),

@@ -3,8 +3,8 @@ rule pretrain:
         data=dataset_file,
         code=code("pretrain"),
     output:
-        info=f"{RUN}/init/init.json",
-        theta0=f"{RUN}/init/theta0.safetensors",
+        info=update(f"{RUN}/init/init.json"),
+        theta0=update(f"{RUN}/init/theta0.safetensors"),
     params:
         registry=REGISTRY,
         tracked=tracked("pretrain"),
@@ -31,10 +31,10 @@ rule finetune_victim:
         info=rules.pretrain.output.info,
         code=code("finetune_victim"),
     output:
-        meta=f"{RUN}/victim/victim.json",
-        theta0=f"{RUN}/victim/theta0.safetensors",
-        thetaf=f"{RUN}/victim/thetaf.safetensors",
-        truth=f"{RUN}/victim/truth.npz",
+        meta=update(f"{RUN}/victim/victim.json"),
+        theta0=update(f"{RUN}/victim/theta0.safetensors"),
+        thetaf=update(f"{RUN}/victim/thetaf.safetensors"),
+        truth=update(f"{RUN}/victim/truth.npz"),
     params:
         registry=REGISTRY,
         tracked=tracked("finetune_victim"),

@@ -1,0 +1,226 @@
+"""The DVC layer and the committed state: dvc.yaml is what the Snakemake DAG says, the lock,
+metrics and tables agree with it, and in a throwaway copy of the repository (the demo at the
+smoke profile) only touched work reruns, through either tool."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from simudy import dvcstages, lineage, schema
+from simudy.config import load_registry
+
+REPO = Path(__file__).resolve().parent.parent
+REGISTRY = "params/experiments.yaml"
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_dvc_yaml_is_generated_from_the_snakemake_dag():
+    assert (REPO / "dvc.yaml").read_text() == dvcstages.render(REPO), "stale dvc.yaml: run `simudy dvc-yaml`"
+
+
+def test_registry_schema_is_current_and_accepts_the_registry():
+    import jsonschema
+
+    committed = yaml.safe_load((REPO / "params/experiments.schema.json").read_text())
+    assert committed == schema.registry_schema(), "stale schema: run `simudy schema`"
+    jsonschema.validate(yaml.safe_load((REPO / REGISTRY).read_text()), committed)
+
+
+def test_code_dependencies_follow_the_imports():
+    simudy = lineage.step_code("simulate_and_reconstruct", "simudy")
+    baselines = [lineage.step_code("simulate_and_reconstruct", a) for a in ("loo", "kkt", "weighted_ce", "gradinv")]
+    victim = lineage.step_code("finetune_victim")
+    assert "src/simudy/simulate.py" in simudy
+    assert all("src/simudy/simulate.py" not in files for files in [*baselines, victim])
+    assert "src/simudy/attacks/loo.py" not in simudy
+    assert "src/simudy/pairing.py" in lineage.step_code("pair_by_ssim")
+    assert all("src/simudy/pairing.py" not in files for files in [simudy, *baselines, victim])
+    assert "src/simudy/config.py" in simudy and "src/simudy/data.py" in victim
+
+
+def test_committed_lock_metrics_and_table_agree():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    locked = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+    assert set(locked) == set(stages), "dvc.lock and dvc.yaml name different stages: run `dvc repro`"
+    for name, spec in locked.items():
+        assert spec["cmd"] == stages[name]["cmd"], name
+        for out in spec.get("outs", []):
+            path = REPO / out["path"]
+            if out["path"].endswith((".md", "metrics.json", "loss.csv")):  # committed to git (cache: false)
+                assert path.exists() and _md5(path) == out["md5"], f"{out['path']} is not what {name} produced"
+    reg = load_registry(REPO / REGISTRY)
+    table = pd.read_table(REPO / f"results/table_{reg.active_profile}.md", sep="|", skipinitialspace=True,
+                          skiprows=[3]).dropna(axis=1, how="all")
+    table.columns = table.columns.str.strip()
+    rows = {(e.strip(), m.strip()) for e, m in zip(table["experiment"], table["method"], strict=True)}
+    expected = {(e, m) for e in reg.experiments for m in reg.resolve(e, reg.active_profile).reconstruct.methods}
+    assert rows == expected
+
+
+# -- a throwaway copy: the demo at the smoke profile ---------------------------------------------
+
+
+def _run(cmd: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(cwd / "src"),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    out = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and out.returncode:
+        raise AssertionError(f"{cmd} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def demo_repo(tmp_path_factory) -> Path:
+    """A git + DVC copy of the checkout whose registry holds only `demo`, at the smoke profile,
+    built once with `dvc repro`."""
+    root = tmp_path_factory.mktemp("repo")
+    files = subprocess.run("git ls-files -co --exclude-standard", shell=True, cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for rel in files:
+        if not rel.startswith("results/") and (REPO / rel).is_file():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, root / rel)
+    raw = yaml.safe_load((REPO / REGISTRY).read_text())
+    raw.update(active_profile="smoke", experiments={"demo": raw["experiments"]["demo"]}, groups={}, ablations={},
+               datasets={"digits": raw["datasets"]["digits"]})
+    (root / REGISTRY).write_text(yaml.safe_dump(raw, sort_keys=False))
+    # Here the smoke profile stands in for a real one: version its committed outputs too.
+    ignore = root / ".gitignore"
+    ignore.write_text(ignore.read_text().replace("/results/*/smoke/**", ""))
+    _run("python -m simudy dvc-yaml && git init -q && git add -A && git -c user.email=t@t -c user.name=t "
+         "commit -qm init && dvc repro -q", root)
+    _run("git add -A && git -c user.email=t@t -c user.name=t commit -qm run", root)
+    return root
+
+
+def _changed_stages(root: Path) -> set[str]:
+    status = _run("dvc status --json", root).stdout
+    return set(yaml.safe_load(status) or {})
+
+
+def _planned_jobs(root: Path) -> set[str]:
+    """The rules of the jobs that `snakemake -n tables` would run (its "Job stats" block)."""
+    lines = _run("snakemake -n tables", root).stdout.splitlines()
+    if "Job stats:" not in lines:
+        return set()
+    stats = lines[lines.index("Job stats:") + 3:]
+    return {line.split()[0] for line in stats[:next(i for i, x in enumerate(stats) if x.startswith("total"))]}
+
+
+def _set_steps(root: Path, steps: int) -> None:
+    raw = yaml.safe_load((root / REGISTRY).read_text())
+    raw["experiments"]["demo"]["profiles"]["smoke"]["reconstruct"]["attacks"]["simudy"]["steps"] = steps
+    (root / REGISTRY).write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def _restore(root: Path) -> None:
+    """Undo a test's edits and bring both tools back in step by recomputing what they touched
+    (a `dvc checkout` would restore older files than Snakemake's records)."""
+    _run("git checkout -q -- src params .dvc && dvc repro -q", root)
+
+
+@pytest.mark.slow
+def test_fresh_repo_is_clean_and_reruns_nothing(demo_repo):
+    assert _changed_stages(demo_repo) == set()
+    assert "didn't change" in _run("dvc repro", demo_repo).stdout
+    assert _planned_jobs(demo_repo) == set()
+
+
+@pytest.mark.slow
+def test_edits_mark_only_the_touched_work(demo_repo):
+    recon = {"simulate_and_reconstruct-demo-smoke-simudy"}
+    try:
+        _set_steps(demo_repo, 21)
+        assert _changed_stages(demo_repo) == recon
+        assert _planned_jobs(demo_repo) == {"simulate_and_reconstruct", "pair_by_ssim", "report", "table", "tables"}
+        _restore(demo_repo)
+        with open(demo_repo / "src/simudy/pairing.py", "a") as fh:
+            fh.write("\n# touched\n")
+        assert _changed_stages(demo_repo) == {"pair_by_ssim-demo-smoke-simudy", "report-demo-smoke", "table-smoke"}
+        _restore(demo_repo)
+        with open(demo_repo / "src/simudy/simulate.py", "a") as fh:
+            fh.write("\n# touched\n")
+        assert _changed_stages(demo_repo) == recon
+        out = _run("dvc repro", demo_repo).stdout
+        ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+        assert ran <= recon | {"pair_by_ssim-demo-smoke-simudy", "report-demo-smoke", "table-smoke"}
+        assert not any(s.startswith(("pretrain", "finetune_victim", "fetch_data")) for s in ran)
+    finally:
+        _restore(demo_repo)
+
+
+RECON = "simulate_and_reconstruct-demo-smoke-simudy"
+
+
+def _start_forced_reconstruction(root: Path) -> subprocess.Popen:
+    """The reconstruction's DVC stage command, started in its own process group; returns once
+    the attack runs."""
+    cmd = yaml.safe_load((root / "dvc.yaml").read_text())["stages"][RECON]["cmd"]
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.Popen(cmd, shell=True, cwd=root, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not _attack_pids(root):
+        time.sleep(0.02)
+    assert _attack_pids(root), "the reconstruction never started"
+    return proc
+
+
+def _attack_pids(root: Path) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "python -m simudy reconstruct"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split() if Path(f"/proc/{p}/cwd").resolve() == root.resolve()]
+
+
+@pytest.mark.slow
+def test_killed_reconstruction_is_redone_by_both_tools(demo_repo):
+    """Kill Snakemake and its job mid-run (Ctrl-C twice, a lost machine): both tools redo it."""
+    proc = _start_forced_reconstruction(demo_repo)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        assert "simulate_and_reconstruct" in _planned_jobs(demo_repo)
+        assert RECON in _changed_stages(demo_repo)
+        _run("dvc repro", demo_repo)
+        assert _changed_stages(demo_repo) == set() and _planned_jobs(demo_repo) == set()
+    finally:
+        _restore(demo_repo)
+
+
+@pytest.mark.slow
+def test_failed_reconstruction_restores_the_previous_result(demo_repo):
+    """A job that fails (here: its attack is killed) gives back the previous outputs, so no
+    report is left standing on a missing reconstruction, and both tools agree nothing changed."""
+    out = demo_repo / "results/demo/smoke/reconstruct/simudy/reconstruction.safetensors"
+    before = _md5(out)
+    proc = _start_forced_reconstruction(demo_repo)
+    for pid in _attack_pids(demo_repo):
+        os.kill(pid, signal.SIGKILL)
+    assert proc.wait(timeout=60) != 0
+    assert _md5(out) == before
+    assert _changed_stages(demo_repo) == set() and _planned_jobs(demo_repo) == set()
+
+
+@pytest.mark.slow
+def test_push_clone_pull_is_clean(demo_repo, tmp_path):
+    remote = tmp_path / "remote"
+    _run(f"git add -A && git -c user.email=t@t -c user.name=t commit -qm rerun --allow-empty && "
+         f"dvc remote add -d local {remote} && dvc push -q", demo_repo)
+    clone = tmp_path / "clone"
+    _run(f"git clone -q {demo_repo} {clone}", tmp_path)
+    _run(f"dvc remote add -d local {remote} && dvc pull -q", clone)
+    assert _changed_stages(clone) == set()
+    assert "Running stage" not in _run("dvc repro", clone).stdout
