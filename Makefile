@@ -1,4 +1,4 @@
-# The README's commands: `make demo`, `make test`, and `make gpu` on a CUDA machine. Both create .venv first (pinned,
+# The README's commands: `make demo`, `make test` (`make test-fast`), and `make gpu` on a CUDA machine. Both create .venv first (pinned,
 # offline but for the package registries); later runs reuse it.
 PYTHON ?= python3
 VENV ?= .venv
@@ -6,13 +6,17 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN := PATH="$(BIN):$$PATH" DVC_NO_ANALYTICS=1
 
-.PHONY: demo test gpu setup lock clean
+.PHONY: demo test test-fast gpu setup lock clean
 
 demo: $(STAMP)
 	$(RUN) snakemake --cores all
 
 test: $(STAMP)
 	$(RUN) pytest -q
+
+# The edit-run loop: everything but the tests marked slow (under a minute on two cores).
+test-fast: $(STAMP)
+	$(RUN) pytest -q -m "not slow"
 
 # One CUDA machine, in order and resumably: fig1's SimuDy (paper, then paper_fast), the
 # paper-scale benchmark (bench/gpu.yaml), fig5's SimuDy, then both experiments' baselines;

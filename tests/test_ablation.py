@@ -11,7 +11,9 @@ import yaml
 from simudy import ablation
 from simudy.attacks import SimuDy, ThreatModel
 from simudy.config import ThreatConfig, load_experiment, load_registry
+from simudy.data import load_dataset
 from simudy.errors import SimudyError
+from simudy.pairing import progress_monitor
 from simudy.reconstruct import run_attack
 from simudy.victim import load_victim
 from tests.conftest import ROOT, run_cli
@@ -85,6 +87,7 @@ def test_summary_times_thresholds_and_reads_ssim_at_time_marks():
     assert row["changes"] == "(the paper's settings)"
 
 
+@pytest.mark.slow
 def test_every_run_then_the_table(tmp_path, demo_victim):
     # The paper's 30 000 steps stop at the 12-second budget; `short` ends first.
     reg = _registry(tmp_path, changes={"short": {"steps": 4}}, minutes=0.2, at_minutes=[0.01, 0.2])
@@ -110,7 +113,8 @@ def test_the_log_shows_the_ssim_at_every_snapshot(tmp_path, demo_victim, caplog)
     r = load_experiment("demo", "smoke").reconstruct
     cfg = r.attacks["simudy"].model_copy(update={"steps": 4, "snapshot_every": 2})
     with caplog.at_level(logging.INFO, logger="simudy"):
-        run_attack(cfg, r.threat, "simudy", demo_victim, tmp_path / "out", tmp_path / "work")
+        monitor = progress_monitor(load_dataset(demo_victim / "truth.npz"))
+        run_attack(cfg, r.threat, "simudy", demo_victim, tmp_path / "out", tmp_path / "work", monitor)
     lines = [rec.getMessage() for rec in caplog.records if "against the truth" in rec.getMessage()]
     assert [line.split(":")[0] for line in lines] == ["simudy step 2", "simudy step 4"]
     assert 0 < float(lines[-1].split("ssim ")[1].split()[0]) < 1

@@ -14,6 +14,7 @@ SETTINGS = {
 }
 
 
+@pytest.mark.slow
 def test_benchmark_writes_ratios_and_agreement(tmp_path):
     path = tmp_path / "settings.yaml"
     path.write_text(yaml.safe_dump(SETTINGS))

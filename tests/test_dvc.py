@@ -224,3 +224,20 @@ def test_push_clone_pull_is_clean(demo_repo, tmp_path):
     _run(f"dvc remote add -d local {remote} && dvc pull -q", clone)
     assert _changed_stages(clone) == set()
     assert "Running stage" not in _run("dvc repro", clone).stdout
+
+
+@pytest.mark.slow
+def test_experiment_run_and_plots_diff(demo_repo):
+    key = "experiments.demo.profiles.smoke.reconstruct.attacks.simudy.steps"
+    try:
+        _run(f"dvc exp run -q -n steps21 -S '{REGISTRY}:{key}=21'", demo_repo)
+        shown = yaml.safe_load(_run("dvc exp show --json", demo_repo).stdout)
+        runs = [e["revs"][0] for rev in shown for e in (rev.get("experiments") or [])]
+        data = next(r["data"] for r in runs if r["name"] == "steps21")
+        params = data["params"][REGISTRY]["data"]
+        assert params["experiments"]["demo"]["profiles"]["smoke"]["reconstruct"]["attacks"]["simudy"]["steps"] == 21
+        assert "simudy" in data["metrics"]["results/demo/smoke/metrics.json"]["data"]
+        plots = yaml.safe_load(_run("dvc plots diff HEAD --json", demo_repo).stdout)["data"]
+        assert set(plots["results/demo/smoke/reconstruct/simudy/loss.csv"][0]["revisions"]) == {"HEAD", "workspace"}
+    finally:
+        _restore(demo_repo)

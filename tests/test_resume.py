@@ -41,6 +41,7 @@ def _run(victim_dir, workdir, cfg, die_at=None):
     return attack.run(victim, ThreatModel.from_victim(victim, GRANTS), workdir)
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_identical_result(tmp_path, demo_victim):
     cfg = _cfg()
     full = _run(demo_victim, tmp_path / "a", cfg)
@@ -55,6 +56,7 @@ def test_interrupted_run_resumes_to_the_identical_result(tmp_path, demo_victim):
     assert not (tmp_path / "b" / STATE_FILE).exists()
 
 
+@pytest.mark.slow
 def test_a_snapshot_of_another_configuration_is_not_resumed(tmp_path, demo_victim):
     with pytest.raises(KeyboardInterrupt):
         _run(demo_victim, tmp_path / "w", _cfg(), die_at=8)
@@ -80,6 +82,7 @@ def _cli(registry, victim, out, work):
             "--victim-dir", str(victim), "--out-dir", str(out), "--work-dir", str(work)]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_rerun(tmp_path, demo_victim):
     registry = _registry_with_steps(tmp_path, 300)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -86,6 +86,7 @@ def _image_gradient(sim_fn, model, theta0, x, labels, plan, target):
     return loss.detach(), x.grad, sim.final
 
 
+@pytest.mark.slow
 def test_every_simulator_mode_matches_the_straightforward_implementation():
     """Rematerialisation and channels-last change how, not what: same loss, same image gradient."""
     torch.manual_seed(2)

@@ -40,7 +40,8 @@ def run(reg: Registry, name: str, run_name: str, victim_dir, out_dir, work_dir) 
     ab = reg.ablation(name)
     cfg = reg.ablation_attack(name, run_name)
     threat = reg.resolve(ab.experiment, ab.profile).reconstruct.threat
-    run_attack(cfg, threat, ab.method, victim_dir, out_dir, work_dir)
+    monitor = progress_monitor(load_dataset(Path(victim_dir) / "truth.npz"))
+    run_attack(cfg, threat, ab.method, victim_dir, out_dir, work_dir, monitor)
     curve = ssim_curve(cfg, threat, victim_dir, out_dir, work_dir)
     with atomic_path(Path(out_dir) / "curve.csv") as tmp:
         curve.to_csv(tmp, index=False, float_format="%.5g")
