@@ -227,7 +227,7 @@ def test_push_clone_pull_is_clean(demo_repo, tmp_path):
 
 
 @pytest.mark.slow
-def test_experiment_run_and_plots_diff(demo_repo):
+def test_experiment_run_then_params_metrics_and_plots_diff(demo_repo):
     key = "experiments.demo.profiles.smoke.reconstruct.attacks.simudy.steps"
     try:
         _run(f"dvc exp run -q -n steps21 -S '{REGISTRY}:{key}=21'", demo_repo)
@@ -237,6 +237,10 @@ def test_experiment_run_and_plots_diff(demo_repo):
         params = data["params"][REGISTRY]["data"]
         assert params["experiments"]["demo"]["profiles"]["smoke"]["reconstruct"]["attacks"]["simudy"]["steps"] == 21
         assert "simudy" in data["metrics"]["results/demo/smoke/metrics.json"]["data"]
+        params = yaml.safe_load(_run("dvc params diff HEAD --json", demo_repo).stdout)[REGISTRY]
+        assert params[key] == {"old": 20, "new": 21}
+        metrics = yaml.safe_load(_run("dvc metrics diff HEAD --json", demo_repo).stdout)
+        assert "simudy.ssim" in metrics["results/demo/smoke/metrics.json"]
         plots = yaml.safe_load(_run("dvc plots diff HEAD --json", demo_repo).stdout)["data"]
         assert set(plots["results/demo/smoke/reconstruct/simudy/loss.csv"][0]["revisions"]) == {"HEAD", "workspace"}
     finally:

@@ -37,17 +37,17 @@ def cfg(w):
     return REG.resolve(w.experiment, w.profile)
 
 
-def tracked(rule):
-    """Params value: the registry entries the rule's job reads, as DVC tracks them."""
-    return lambda w: json.dumps(lineage.values(RAW, lineage.step_keys(RAW, REG, rule, dict(w.items()))),
+def tracked(step):
+    """Params value: the registry entries that step's jobs read, as DVC tracks them."""
+    return lambda w: json.dumps(lineage.values(RAW, lineage.step_keys(RAW, REG, step, dict(w.items()))),
                                 sort_keys=True)
 
 
-def code(rule):
-    """Input: the package's source files the rule's job runs (a reconstruction: its attack's)."""
-    if rule == "simulate_and_reconstruct":
-        return lambda w: lineage.step_code(rule, cfg(w).reconstruct.method(w.method).attack)
-    return lineage.step_code(rule)
+def code(step):
+    """Input: the package's source files that step's jobs run (a reconstruction: its attack's)."""
+    if step == "simulate_and_reconstruct":
+        return lambda w: lineage.step_code(step, cfg(w).reconstruct.method(w.method).attack)
+    return lineage.step_code(step)
 
 
 def per_method(pattern):
