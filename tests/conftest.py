@@ -11,7 +11,7 @@ import torch
 from simudy import cli
 
 ROOT = Path(__file__).resolve().parents[1]
-PIPELINE_FILES = ["Snakefile", "workflow", "params", "profiles", "dvc.yaml", "environment.yml"]
+PIPELINE_FILES = ["Snakefile", "workflow", "params", "profiles", "dvc.yaml", "environment.yml", "bench", "src"]
 
 
 @pytest.fixture(autouse=True)
@@ -44,10 +44,15 @@ def demo_victim(tmp_path_factory, digits_file) -> Path:
 
 
 def copy_pipeline(dst: Path) -> Path:
-    """A copy of the pipeline definition (not the package) to run Snakemake or DVC in."""
+    """A copy of the pipeline definition and of the package's source (the rules run it, and
+    take its files as inputs) to run Snakemake or DVC in."""
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info")
     for name in PIPELINE_FILES:
         src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / name)
+        if src.is_dir():
+            shutil.copytree(src, dst / name, ignore=skip, dirs_exist_ok=True)
+        else:
+            shutil.copy(src, dst / name)
     return dst
 
 
