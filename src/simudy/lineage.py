@@ -44,8 +44,7 @@ def module_file(module: str) -> Path:
 
 
 def _is_module(name: str) -> bool:
-    rel = Path(*name.split(".")[1:])
-    return (ROOT / rel / "__init__.py").exists() or (ROOT / rel).with_suffix(".py").exists()
+    return module_file(name).exists()
 
 
 @cache
@@ -99,18 +98,21 @@ def _layers(reg: Registry, experiment: str, profile: str, section: str) -> list[
             f"experiments.{experiment}.profiles.{at}.{section}"]
 
 
+_MISSING = object()
+
+
+def _lookup(raw: dict[str, Any], key: str) -> Any:
+    node: Any = raw
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
 def _present(raw: dict[str, Any], keys: list[str]) -> list[str]:
     """The keys that exist in the raw registry (DVC refuses parameters that do not)."""
-    out = []
-    for key in keys:
-        node: Any = raw
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                break
-            node = node[part]
-        else:
-            out.append(key)
-    return out
+    return [key for key in keys if _lookup(raw, key) is not _MISSING]
 
 
 def step_keys(raw: dict[str, Any], reg: Registry, rule: str, wildcards: dict[str, str]) -> list[str]:
@@ -140,10 +142,4 @@ def step_keys(raw: dict[str, Any], reg: Registry, rule: str, wildcards: dict[str
 def values(raw: dict[str, Any], keys: list[str]) -> dict[str, Any]:
     """The registry's values at `keys`: a Snakemake params value that changes exactly when DVC
     sees one of these parameters change."""
-    out = {}
-    for key in keys:
-        node = raw
-        for part in key.split("."):
-            node = node[part]
-        out[key] = node
-    return out
+    return {key: _lookup(raw, key) for key in keys}
