@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import os
 import sys
+import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import pandas as pd
 
-from simudy import ablation, bench, checkpoints, data, dvcstages, gpu, pairing, report, schema, train, victim
+from simudy import ablation, bench, checkpoints, data, dvcstages, gpu, io, pairing, report, schema, train, victim
 from simudy.config import DEFAULT_REGISTRY, ExperimentConfig, load_experiment, load_registry
 from simudy.errors import SimudyError
 from simudy.reconstruct import reconstruct
@@ -119,7 +123,7 @@ def cmd_import_checkpoint(a) -> None:
 
 
 def _experiment(a) -> ExperimentConfig:
-    return load_experiment(a.experiment, a.profile, a.registry)
+    return load_experiment(a.experiment, a.profile, a.registry, a.set)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
         if experiment:
             s.add_argument("--experiment", required=True)
             s.add_argument("--profile", required=True)
+            s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                           help="override one setting of the experiment (repeatable; the value is YAML), "
+                                "e.g. reconstruct.attacks.simudy.steps=200")
         for flag, h in paths.items():
             s.add_argument(f"--{flag.replace('_', '-')}", required=True, help=h)
         return s
@@ -187,19 +194,70 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if a.log:
-        Path(a.log).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(a.log))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", handlers=handlers, force=True)
     started = time.perf_counter()
     try:
+        _setup_logging(a.log)
+        io.clean_stale_temporaries()
         a.fn(a)
+        log.info("%s done in %.1f s", a.command, time.perf_counter() - started)
     except SimudyError as err:
-        log.error("error: %s", err)
-        return 2
-    log.info("%s done in %.1f s", a.command, time.perf_counter() - started)
+        return _fail(str(err))
+    except KeyboardInterrupt:
+        return _fail("interrupted", status=130)
+    except Exception as err:  # the CLI boundary: no traceback reaches the user's terminal
+        return _fail(_describe(err, _save_traceback(a.log)))
     return 0
+
+
+class _StrictFileHandler(logging.FileHandler):
+    """A log file that cannot be written (a full disk) fails the command instead of printing a
+    warning and exiting 0."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        raise SimudyError(f"{self.baseFilename}: cannot write the log ({sys.exc_info()[1]})")
+
+
+def _setup_logging(path: str | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if path:
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            handlers.append(_StrictFileHandler(path))
+        except OSError as err:
+            raise SimudyError(f"{path}: cannot open the log file ({err.strerror})") from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", handlers=handlers, force=True)
+
+
+def _fail(message: str, status: int = 2) -> int:
+    try:
+        log.error("error: %s", message)
+    except SimudyError:  # the log file itself failed: the terminal still gets the message
+        print(f"error: {message}", file=sys.stderr)
+    return status
+
+
+def _save_traceback(log_path: str | None) -> str:
+    """Append the traceback to the log file (or a temporary file without --log) and return where."""
+    text = traceback.format_exc()
+    for target in filter(None, [log_path, Path(tempfile.gettempdir()) / f"simudy-{os.getpid()}-traceback.log"]):
+        try:
+            with open(target, "a") as fh:
+                fh.write(text)
+            return str(target)
+        except OSError:
+            continue
+    return "nowhere (no writable place)"
+
+
+def _describe(err: Exception, where: str) -> str:
+    """One line for an exception that is not a SimudyError."""
+    if isinstance(err, OSError) and err.errno is not None:
+        reason = "no space left on device" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+        return f"{err.filename or 'a file'}: {reason} (traceback in {where})"
+    if isinstance(err, MemoryError):
+        return f"out of memory (traceback in {where}); try smaller sizes or a bigger machine"
+    text = " ".join(str(err).split())[:300]
+    return f"unexpected {type(err).__name__}: {text} (a bug in simudy: please report it with the traceback in {where})"
 
 
 if __name__ == "__main__":
