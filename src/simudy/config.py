@@ -45,6 +45,11 @@ class DatasetConfig(Strict):
     std: list[float] | None = None
     # Keep only these classes (indices into the sorted class list), in this order.
     classes: list[int] | None = None
+    # Image folders: channels of the dataset (None = 1 if every image is greyscale, else 3), and
+    # limits on each file, checked before decoding (generous enough for ImageNet photos).
+    channels: Literal[1, 3] | None = None
+    max_image_bytes: int = Field(default=64 * 2**20, gt=0)
+    max_image_pixels: int = Field(default=2**26, gt=0)
 
 
 class InitConfig(Strict):
