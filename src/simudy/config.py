@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 from functools import reduce
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
@@ -235,6 +235,7 @@ class GradInvConfig(AttackConfig):
 AnyAttack = Annotated[
     SimuDyConfig | LooConfig | KKTConfig | WeightedCEConfig | GradInvConfig, Field(discriminator="attack")
 ]
+ATTACK_KINDS = {get_args(m.model_fields["attack"].annotation)[0] for m in get_args(get_args(AnyAttack)[0])}
 
 
 class ThreatConfig(Strict):
@@ -470,12 +471,21 @@ def _format(err: ValidationError, limit: int = 3) -> str:
     (only where it is a value: a whole section would bury the message)."""
     parts = []
     for e in err.errors()[:limit]:
-        where = ".".join(str(p) for p in e["loc"])
+        where = ".".join(str(p) for p in _without_tag(e["loc"]))
         value = e.get("input")
         got = "" if isinstance(value, (dict, list)) else f" (got {_short(value)})"
         parts.append(f"{where + ': ' if where else ''}{e['msg'].removeprefix('Value error, ')}{got}")
     more = err.error_count() - limit
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def _without_tag(loc: tuple) -> tuple:
+    """An error's location without pydantic's union tag: `attacks.fast.simudy.lr` -> `attacks.fast.lr`."""
+    if "attacks" in loc:
+        tag = loc.index("attacks") + 2
+        if tag < len(loc) - 1 and loc[tag] in ATTACK_KINDS:
+            return loc[:tag] + loc[tag + 1:]
+    return loc
 
 
 def _short(value: Any, width: int = 60) -> str:

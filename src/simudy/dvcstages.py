@@ -9,6 +9,7 @@ metrics, the attacks' loss curves (DVC plots) and the tables."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,8 @@ def stage(job: dict[str, Any], keys: list[str], registry: str) -> tuple[str, dic
     spec: dict[str, Any] = {
         # DVC's own lock serialises its stages, so Snakemake's is not taken: a killed `dvc repro`
         # leaves no stale Snakemake lock behind.
-        "cmd": f"snakemake --cores all --nolock --allowed-rules {rule} --forcerun {rule} -- {' '.join(outputs)}",
+        "cmd": f"snakemake --cores all --nolock --allowed-rules {rule} --forcerun {rule} -- "
+               + " ".join(map(shlex.quote, outputs)),
         "deps": job["input"],
     }
     if keys:

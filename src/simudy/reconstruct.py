@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from simudy import runstate
 from simudy.attacks import ThreatModel, get_attack
 from simudy.attacks.base import Monitor
 from simudy.checkpoints import save_weights
@@ -43,4 +44,5 @@ def run_attack(attack_cfg: AnyAttack, threat: ThreatConfig, method: str, victim_
     info = {"method": method, "attack": attack.name, **result.info, "threads": torch.get_num_threads(),
             "seconds_per_step": result.info["seconds"] / max(1, result.info["steps"])}
     write_json(out_dir / "run.json", info)
+    runstate.discard(work_dir)
     return info

@@ -13,4 +13,4 @@ rule fetch_data:
     benchmark:
         "results/benchmarks/fetch_data/{dataset}.tsv"
     shell:
-        cli("fetch-data --registry {params.registry} --dataset {wildcards.dataset} --out {output}")
+        cli("fetch-data --registry {params.registry:q} --dataset {wildcards.dataset} --out {output:q}")
