@@ -11,6 +11,7 @@ against the models below, which reject unknown keys and wrong types.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from functools import reduce
 from pathlib import Path
@@ -382,7 +383,8 @@ class Registry(Strict):
             if exp.dataset not in self.datasets:
                 raise ValueError(f"experiment {name!r} uses unknown dataset {exp.dataset!r}")
             if self.active_profile not in exp.profiles:
-                raise ValueError(f"experiment {name!r} has no profile {self.active_profile!r}")
+                raise ValueError(f"active_profile {self.active_profile!r}: experiment {name!r} has no such profile "
+                                 f"(it has {sorted(exp.profiles)})")
         for name, group in self.groups.items():
             if name in self.experiments:
                 raise ValueError(f"group {name!r} has the name of an experiment")
@@ -532,6 +534,9 @@ def parse_overrides(items: list[str]) -> Overrides:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             raise SimudyError(f"--set {item!r}: the value is not valid YAML") from None
+        if isinstance(value, str) and text.strip()[:1] not in "'\"":  # YAML 1.1 reads 1e-3 as text
+            with contextlib.suppress(ValueError):
+                value = float(value)
         for part in reversed(parts):
             value = {part: value}
         out = deep_merge(out, value)
