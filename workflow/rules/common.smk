@@ -9,7 +9,7 @@ import yaml
 SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 
-from simudy import lineage  # noqa: E402
+from simudy import data, lineage  # noqa: E402
 from simudy.config import load_registry, parse_overrides  # noqa: E402
 from simudy.errors import SimudyError  # noqa: E402
 from snakemake.exceptions import WorkflowError  # noqa: E402
