@@ -70,3 +70,20 @@ def test_tiny_end_to_end_run(tmp_path):
     # Nothing left to do on a second run.
     proc = run_tool(tmp_path, "snakemake", "demo", "--cores", "2", "-n", env=_env())
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_paths_with_spaces_and_set_overrides(tmp_path):
+    """Every path in the rules is quoted (a checkout and a registry under folders with spaces),
+    and `--config set=[...]` reaches the jobs that read the experiment's settings."""
+    (tmp_path / "my checkout").mkdir()
+    root = copy_pipeline(tmp_path / "my checkout")
+    _digits_only(root, "smoke")
+    (root / "my params").mkdir()
+    (root / "params/experiments.yaml").rename(root / "my params/experiments.yaml")
+    target = "results/demo/smoke/reconstruct/simudy/run.json"
+    config = ["--config", "registry=my params/experiments.yaml", 'set=["reconstruct.attacks.simudy.steps=4"]']
+    run_tool(root, "snakemake", target, "--cores", "2", *config, env=_env())
+    assert json.loads((root / target).read_text())["steps"] == 4
+    # The override is among the job's params: without it the reconstruction is out of date.
+    proc = run_tool(root, "snakemake", "-n", target, "--cores", "2", *config[:2], env=_env())
+    assert "rule simulate_and_reconstruct:" in proc.stdout + proc.stderr
