@@ -15,7 +15,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from simudy import ablation, bench, checkpoints, data, dvcstages, gpu, io, pairing, report, schema, train, victim
+from simudy import (
+    ablation,
+    bench,
+    checkpoints,
+    data,
+    describe,
+    dvcstages,
+    gpu,
+    io,
+    pairing,
+    report,
+    schema,
+    train,
+    victim,
+)
 from simudy.config import DEFAULT_REGISTRY, ExperimentConfig, load_experiment, load_registry
 from simudy.errors import SimudyError
 from simudy.reconstruct import reconstruct
@@ -119,6 +133,18 @@ def cmd_import_checkpoint(a) -> None:
     log.info("wrote %d tensors to %s", n, a.dst)
 
 
+def cmd_import_victim(a) -> None:
+    describe.import_victim(a.theta0, a.thetaf, a.victim_dir)
+    log.info("wrote θ0 and θf to %s; describe the victim next (simudy describe-victim)", a.victim_dir)
+
+
+def cmd_describe_victim(a) -> None:
+    meta = describe.describe_victim(a.victim_dir, describe.flags(a), a.template, a.images)
+    log.info("wrote %s: %s %s, %d images %s in %d classes%s", Path(a.victim_dir) / "victim.json", meta["arch"],
+             meta.get("model_kwargs", {}), meta["n_images"], meta["image_shape"], meta["num_classes"],
+             ", and truth.npz" if a.images else "")
+
+
 # -- plumbing ---------------------------------------------------------------------------------
 
 
@@ -189,6 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     c = add("import-checkpoint", cmd_import_checkpoint, "convert a torch checkpoint to safetensors", experiment=False)
     c.add_argument("src")
     c.add_argument("dst")
+    add("import-victim", cmd_import_victim, "convert θ0 and θf saved with torch.save into a victim directory",
+        experiment=False, theta0="the model before training (torch.save of its state_dict)",
+        thetaf="the model after training", victim_dir="victim directory")
+    v = add("describe-victim", cmd_describe_victim, "write victim.json (and truth.npz) for the checkpoints in a "
+            "victim directory", experiment=False, victim_dir="victim directory (holding θ0 and θf)")
+    v.description = describe.__doc__
+    describe.add_arguments(v)
     return p
 
 
