@@ -243,6 +243,8 @@ BAD_DESCRIBE = [
      "folders ['x'] are not among the class names"),
     ("template-not-json", _template("{arch: mlp"), "template.json: not valid JSON"),
     ("template-list", _template("[1, 2]"), "template.json: must be a JSON object of victim settings"),
+    ("template-training-list", _template(json.dumps({"training": [1, 2]})),
+     "victim.json (from template.json and the flags): training: must be a JSON object (got [1, 2])"),
     ("template-bad-lr", lambda d: {**_template(json.dumps({"training": {"lr": "0.01"}}))(d), "--lr": None},
      f"victim.json (from template.json and the flags): {LR} (got '0.01')"),
 ]

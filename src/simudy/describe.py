@@ -126,7 +126,8 @@ def describe_victim(victim_dir: str | Path, overrides: dict[str, Any], template:
     if truth is not None:
         raw.update(_measured(truth, overrides, Path(images)))
     raw.update({k: v for k, v in overrides.items() if k != "training"})
-    raw["training"] = {**_as_dict(raw.get("training")), **overrides["training"]}
+    base = raw.get("training", {})  # a template's non-object stays, to be reported
+    raw["training"] = {**base, **overrides["training"]} if isinstance(base, dict) else base
     if isinstance(raw.get("class_names"), list) and "num_classes" not in raw:
         raw["num_classes"] = len(raw["class_names"])
     meta = _checked(raw, target, template)
@@ -146,10 +147,6 @@ def _template(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise SimudyError(f"{path}: must be a JSON object of victim settings")
     return {key: raw[key] for key in DESCRIPTION if key in raw}
-
-
-def _as_dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 def _measured(truth: Truth, overrides: dict[str, Any], images: Path) -> dict[str, Any]:
