@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
@@ -48,6 +49,13 @@ def cmd_fetch_data(a) -> None:
     for split in data.SPLITS:
         log.info("%s: %s split: %d images of shape %s in %d classes", a.out, split, int((ds.split == split).sum()),
                  ds.images.shape[1:], len(ds.class_names))
+
+
+def cmd_data_source(a) -> None:
+    reg = load_registry(a.registry)
+    if a.dataset not in reg.datasets:
+        raise SimudyError(f"{a.registry}: unknown dataset {a.dataset!r}; known: {sorted(reg.datasets)}")
+    io.write_json(a.out, data.source_record(a.dataset, reg.datasets[a.dataset]))
 
 
 def cmd_pretrain(a) -> None:
@@ -173,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("fetch-data", cmd_fetch_data, "write the canonical dataset file", experiment=False,
         dataset="dataset name in the registry", out="output .npz")
+    add("data-source", cmd_data_source, "record where a dataset's data comes from (rerun fetch-data when it changes)",
+        experiment=False, dataset="dataset name in the registry", out="output .json")
     add("pretrain", cmd_pretrain, "make θ0 (pre-trained or seeded random init)",
         data="canonical dataset file", out_dir="output directory")
     add("finetune-victim", cmd_finetune_victim, "train the victim from θ0 with the authors' protocol",
@@ -251,6 +261,10 @@ class _StrictFileHandler(logging.FileHandler):
 
 
 def _setup_logging(path: str | None) -> None:
+    for old in logging.root.handlers[:]:  # an earlier main() in this process (tests) may hold a broken file
+        logging.root.removeHandler(old)
+        with contextlib.suppress(OSError, SimudyError):
+            old.close()
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if path:
         try:
