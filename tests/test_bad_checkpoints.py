@@ -6,7 +6,6 @@ import math
 import pickle
 import re
 import resource
-import shutil
 import signal
 import struct
 import zipfile
@@ -18,7 +17,7 @@ from safetensors.torch import save, save_file
 from simudy import checkpoints
 from simudy.checkpoints import import_torch_checkpoint, load_into, load_weights, save_weights
 from simudy.errors import SimudyError
-from tests.conftest import ROOT, run_cli
+from tests.conftest import reconstruct_demo, run_cli
 
 
 def craft(header, data: bytes = b"", length: int | None = None) -> bytes:
@@ -34,21 +33,6 @@ def f32(offsets=(0, 4), shape=(1,), **extra) -> dict:
 class Evil:
     def __reduce__(self):
         return (print, ("pwned",))
-
-
-@pytest.fixture
-def victim(tmp_path, demo_victim):
-    dst = tmp_path / "victim"
-    shutil.copytree(demo_victim, dst)
-    return dst
-
-
-def _reconstruct(victim, tmp_path):
-    out = tmp_path / "out"
-    code = run_cli("reconstruct", "--registry", ROOT / "params/experiments.yaml", "--experiment", "demo",
-                   "--profile", "smoke", "--method", "simudy",
-                   "--victim-dir", victim, "--out-dir", out, "--work-dir", tmp_path / "work")
-    return code, out
 
 
 # -- a victim whose checkpoint is bad: `simudy reconstruct` refuses it --------------------------
@@ -127,7 +111,7 @@ def test_reconstruct_refuses_a_bad_thetaf(case, victim, tmp_path, capsys):
     write, problem = VICTIM_CASES[case]
     path = victim / "thetaf.safetensors"
     write(path)
-    code, out = _reconstruct(victim, tmp_path)
+    code, out = reconstruct_demo(victim, tmp_path)
     err = capsys.readouterr().err
     assert code == 2
     assert f"{path}: " in err and problem in err
@@ -139,7 +123,7 @@ def test_reconstruct_refuses_a_bad_thetaf(case, victim, tmp_path, capsys):
 def test_reconstruct_refuses_a_float64_thetaf_beside_a_float32_theta0(victim, tmp_path, capsys):
     p0, pf = victim / "theta0.safetensors", victim / "thetaf.safetensors"
     _edit_state(_to_float64)(pf)
-    code, out = _reconstruct(victim, tmp_path)
+    code, out = reconstruct_demo(victim, tmp_path)
     assert code == 2
     assert f"{p0} and {pf} differ in dtype at " in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
@@ -150,7 +134,7 @@ def test_reconstruct_refuses_float64_checkpoints_for_a_float32_model(victim, tmp
     p0 = victim / "theta0.safetensors"
     _edit_state(_to_float64)(p0)
     _edit_state(_to_float64)(victim / "thetaf.safetensors")
-    code, out = _reconstruct(victim, tmp_path)
+    code, out = reconstruct_demo(victim, tmp_path)
     err = capsys.readouterr().err
     assert code == 2
     assert f"{p0}: tensor " in err and "is float64 but the model's is float32" in err

@@ -2,7 +2,6 @@
 message naming the file or key and the problem, no traceback on the terminal, no output left."""
 
 import errno
-import shutil
 import subprocess
 
 import pandas as pd
@@ -181,13 +180,6 @@ def test_a_log_on_a_full_disk_fails_the_command(capsys):
     code = run_cli("--log", "/dev/full", "show-config", "--experiment", "demo", "--profile", "cpu")
     assert code == 2
     assert "/dev/full: cannot write the log" in capsys.readouterr().err
-
-
-@pytest.fixture
-def victim(tmp_path, demo_victim):
-    dst = tmp_path / "victim"
-    shutil.copytree(demo_victim, dst)
-    return dst
 
 
 @pytest.mark.bad_input

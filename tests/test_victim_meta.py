@@ -279,13 +279,6 @@ BAD_TEXT = [
 ]
 
 
-@pytest.fixture
-def victim(tmp_path, demo_victim):
-    dst = tmp_path / "victim"
-    shutil.copytree(demo_victim, dst)
-    return dst
-
-
 def _reconstruct_is_refused(victim, tmp_path, capsys, message):
     out, work = tmp_path / "out", tmp_path / "work"
     code = run_cli("reconstruct", "--registry", ROOT / "params/experiments.yaml", "--experiment", "demo",
