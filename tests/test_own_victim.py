@@ -1,5 +1,5 @@
 """Attacking your own model: a plain torch training script's checkpoints and images, through the
-README's commands (import-victim, describe-victim, reconstruct, pair), and every bad file or
+README's commands (import-victim, describe-victim, reconstruct with --score-dir), and every bad file or
 flag on the way refused with one message and nothing written."""
 
 import json
@@ -93,7 +93,7 @@ def readme_commands() -> list[list[str]]:
 def test_readme_commands_attack_a_model_trained_by_a_plain_torch_script(user_dir):
     commands = readme_commands()
     assert [c[:2] for c in commands] == [["simudy", "import-victim"], ["simudy", "describe-victim"],
-                                         ["simudy", "reconstruct"], ["simudy", "pair"]]
+                                         ["simudy", "reconstruct"]]
     for command in commands:
         args = command[1:]
         if args[0] == "reconstruct":  # seconds, not the profile's length

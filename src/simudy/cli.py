@@ -74,10 +74,17 @@ def cmd_reconstruct(a) -> None:
     info = reconstruct(_experiment(a).reconstruct, a.method, a.victim_dir, a.out_dir, a.work_dir, monitor)
     log.info("%s: %d steps in %.1f s (%.3f s/step) on %s", a.method, info["steps"], info["seconds"],
              info["seconds_per_step"], info["device"])
+    if a.score_dir:
+        if not truth.exists():
+            raise SimudyError(f"{truth}: not found; --score-dir needs the training images (describe-victim --images)")
+        _log_scores(pairing.pair_files(a.victim_dir, a.out_dir, a.score_dir))
 
 
 def cmd_pair(a) -> None:
-    m = pairing.pair_files(a.victim_dir, a.reconstruct_dir, a.out_dir)
+    _log_scores(pairing.pair_files(a.victim_dir, a.reconstruct_dir, a.out_dir))
+
+
+def _log_scores(m: dict) -> None:
     log.info("mean SSIM (paper protocol) %.4f, pixel SSIM %.4f, PSNR %.2f dB", m["ssim"], m["ssim_pixel"],
              m["psnr_pixel"])
 
@@ -187,8 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
         data="canonical dataset file", out_dir="output directory")
     add("finetune-victim", cmd_finetune_victim, "train the victim from θ0 with the authors' protocol",
         data="canonical dataset file", init_dir="θ0 directory", out_dir="victim directory")
-    add("reconstruct", cmd_reconstruct, "run one of the experiment's attacks on a victim", method="method name",
-        victim_dir="victim directory", out_dir="output directory", work_dir="snapshot directory (resume)")
+    r = add("reconstruct", cmd_reconstruct, "run one of the experiment's attacks on a victim", method="method name",
+            victim_dir="victim directory", out_dir="output directory", work_dir="snapshot directory (resume)")
+    r.add_argument("--score-dir", help="then pair with the victim's truth.npz, as `simudy pair`, writing here")
     add("pair", cmd_pair, "pair reconstructions with training images by SSIM", experiment=False,
         victim_dir="victim directory", reconstruct_dir="reconstruction directory", out_dir="output directory")
     add("report", cmd_report, "figures, table rows and metrics over the experiment's methods",
