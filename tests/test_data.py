@@ -1,4 +1,5 @@
 import io
+import shutil
 import zipfile
 
 import numpy as np
@@ -248,16 +249,19 @@ def test_source_record_describes_the_copy_fetch_would_read(tmp_path, monkeypatch
     _write_folder(tmp_path / "folder")
     _zip(tmp_path / "folder", tmp_path / "folder.zip")
     monkeypatch.setenv("SIMUDY_DATA_TOY", str(tmp_path / "folder.zip"))
-    st = (tmp_path / "folder.zip").stat()
-    assert source_record("toy", cfg) == {"source": "cifar10", "path": str((tmp_path / "folder.zip").resolve()),
-                                         "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    zipped = tmp_path / "folder.zip"
+    record = {"source": "cifar10", "size": zipped.stat().st_size, "md5": _md5(zipped)}
+    assert source_record("toy", cfg) == record
+    shutil.copy(tmp_path / "folder.zip", tmp_path / "copy.zip")  # the same data elsewhere: the same record
+    monkeypatch.setenv("SIMUDY_DATA_TOY", str(tmp_path / "copy.zip"))
+    assert source_record("toy", cfg) == record
 
     monkeypatch.setenv("SIMUDY_DATA_TOY", str(tmp_path / "folder"))
     before = source_record("toy", cfg)
-    assert before["files"] == 18 and before["path"] == str((tmp_path / "folder").resolve())
+    assert before["files"] == 18
     Image.new("RGB", (4, 4)).save(tmp_path / "folder" / "train" / "cat" / "9999.png")
     after = source_record("toy", cfg)
-    assert after["files"] == 19 and after["latest_mtime_ns"] >= before["latest_mtime_ns"]
+    assert after["files"] == 19 and after["listing_sha256"] != before["listing_sha256"]
 
     with pytest.raises(SimudyError, match="SIMUDY_DATA_TOY is set, but dataset 'toy' is scikit-learn's bundled"):
         source_record("toy", DatasetConfig(source="digits"))

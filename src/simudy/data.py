@@ -279,10 +279,10 @@ def fetch(name: str, cfg: DatasetConfig, out: str | Path) -> Dataset:
 
 
 def source_record(name: str, cfg: DatasetConfig) -> dict:
-    """What `fetch` would read for the dataset `name`, cheaply: a local copy's resolved path, size
-    and modification time (for a directory: its number of files and latest modification), the
-    download's url and md5, or the scikit-learn version for `digits`. Another copy of the data
-    gives another record."""
+    """What `fetch` would read for the dataset `name`: a local file's size and md5, a local
+    directory's file list with sizes, the download's url and md5, or the scikit-learn version
+    for `digits`. Other data gives another record; the same data elsewhere (another machine, a
+    fresh clone) gives the same one, so it does not rebuild the dataset."""
     if cfg.source == "digits":
         _local_copy(name, cfg)  # refuses a copy it would not read
         import sklearn
@@ -291,7 +291,7 @@ def source_record(name: str, cfg: DatasetConfig) -> dict:
     local = _local_copy(name, cfg)
     if local is None:
         return {"source": cfg.source, "url": cfg.url or CIFAR10_URL, "md5": cfg.md5 or CIFAR10_MD5}
-    return {"source": cfg.source, "path": str(local.resolve()), **_stat_record(local)}
+    return {"source": cfg.source, **_content_record(local)}
 
 
 def _local_copy(name: str, cfg: DatasetConfig) -> Path | None:
@@ -316,16 +316,20 @@ def _local_copy(name: str, cfg: DatasetConfig) -> Path | None:
     return path
 
 
-def _stat_record(path: Path) -> dict:
+def _content_record(path: Path) -> dict:
+    """A file's size and md5; for a directory, its files' relative paths and sizes, hashed (a
+    file rewritten in place with the same size goes unnoticed: hashing every image would cost
+    more than reading them)."""
     if not path.is_dir():
-        st = path.stat()
-        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    files, latest = 0, 0
-    for dirpath, _, filenames in _walk(path):
-        stamps = [os.stat(os.path.join(dirpath, f)).st_mtime_ns for f in filenames]
-        latest = max([latest, os.stat(dirpath).st_mtime_ns, *stamps])
-        files += len(filenames)
-    return {"files": files, "latest_mtime_ns": latest}
+        return {"size": path.stat().st_size, "md5": _md5(path)}
+    listing = hashlib.sha256()
+    files = 0
+    for dirpath, _, filenames in sorted(_walk(path)):
+        for name in sorted(filenames):
+            full = Path(dirpath, name)
+            listing.update(f"{full.relative_to(path).as_posix()}\0{full.stat().st_size}\n".encode())
+            files += 1
+    return {"files": files, "listing_sha256": listing.hexdigest()}
 
 
 def _read_source(name: str, cfg: DatasetConfig) -> dict[str, RawSplit]:
