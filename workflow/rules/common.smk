@@ -23,8 +23,9 @@ PROFILE = config.get("profile") or REG.active_profile
 SETS = config.get("set") or []
 try:
     OVERRIDES = parse_overrides(SETS)
-    for _name in REG.experiments if SETS else []:
-        REG.resolve(_name, PROFILE, OVERRIDES)
+    for _name, _entry in REG.experiments.items() if SETS else []:
+        if PROFILE in _entry.profiles:
+            REG.resolve(_name, PROFILE, OVERRIDES)
 except SimudyError as err:
     raise WorkflowError(f"--config set: {err}") from None
 SET_ARGS = "".join(f" --set {shlex.quote(s)}" for s in SETS).replace("{", "{{").replace("}", "}}")
