@@ -43,6 +43,23 @@ def demo_victim(tmp_path_factory, digits_file) -> Path:
     return root / "victim"
 
 
+@pytest.fixture
+def victim(tmp_path, demo_victim) -> Path:
+    """A copy of the demo victim that a test may damage."""
+    dst = tmp_path / "victim"
+    shutil.copytree(demo_victim, dst)
+    return dst
+
+
+def reconstruct_demo(victim: Path, tmp_path: Path, *extra: str) -> tuple[int, Path]:
+    """`simudy reconstruct` on `victim` at the demo's smoke settings: (exit status, output folder)."""
+    out = tmp_path / "out"
+    code = run_cli("reconstruct", "--registry", ROOT / "params/experiments.yaml", "--experiment", "demo",
+                   "--profile", "smoke", "--method", "simudy", "--victim-dir", victim, "--out-dir", out,
+                   "--work-dir", tmp_path / "work", *extra)
+    return code, out
+
+
 def copy_pipeline(dst: Path) -> Path:
     """A copy of the pipeline definition and of the package's source (the rules run it, and
     take its files as inputs) to run Snakemake or DVC in."""

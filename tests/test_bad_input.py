@@ -2,33 +2,17 @@
 
 import json
 import math
-import shutil
 
 import pytest
 import torch
 
 from simudy.checkpoints import import_torch_checkpoint, load_weights, save_weights
 from simudy.errors import SimudyError
-from tests.conftest import ROOT, run_cli
-
-
-@pytest.fixture
-def victim(tmp_path, demo_victim):
-    dst = tmp_path / "victim"
-    shutil.copytree(demo_victim, dst)
-    return dst
-
-
-def _reconstruct(victim, tmp_path):
-    out = tmp_path / "out"
-    code = run_cli("reconstruct", "--registry", ROOT / "params/experiments.yaml", "--experiment", "demo",
-                   "--profile", "smoke", "--method", "simudy",
-                   "--victim-dir", victim, "--out-dir", out, "--work-dir", tmp_path / "work")
-    return code, out
+from tests.conftest import ROOT, reconstruct_demo, run_cli
 
 
 def _expect_refusal(victim, tmp_path, capsys, message):
-    code, out = _reconstruct(victim, tmp_path)
+    code, out = reconstruct_demo(victim, tmp_path)
     assert code == 2
     assert message in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())

@@ -43,11 +43,11 @@ def _edited(tmp_path, edit):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda r: r["experiments"]["demo"]["profiles"]["cpu"]["reconstruct"]["attacks"]["simudy"].update(steps="many"),
-     r"experiment 'demo' at profile 'cpu': reconstruct.attacks.simudy.simudy.steps: Input should be a valid integer"),
+     r"experiment 'demo' at profile 'cpu': reconstruct.attacks.simudy.steps: Input should be a valid integer"),
     (lambda r: r["experiments"]["demo"]["reconstruct"].update(attacks={"simudy": {"tv_weight": "1e-3"}}),
-     r"reconstruct.attacks.simudy.simudy.tv_weight: Input should be a valid number"),
+     r"reconstruct.attacks.simudy.tv_weight: Input should be a valid number"),
     (lambda r: r["experiments"]["demo"]["reconstruct"].update(attacks={"simudy": {"tv_wieght": 0.1}}),
-     r"reconstruct.attacks.simudy.simudy.tv_wieght: Extra inputs are not permitted"),
+     r"reconstruct.attacks.simudy.tv_wieght: Extra inputs are not permitted"),
     (lambda r: r["experiments"]["demo"]["reconstruct"].update(methods=["simudy", "lo"]),
      r"methods \['lo'\] are not configured under attacks"),
     (lambda r: r["experiments"]["demo"]["init"].update(outputs=1),

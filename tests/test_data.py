@@ -1,3 +1,5 @@
+import io
+import shutil
 import zipfile
 
 import numpy as np
@@ -141,3 +143,128 @@ def test_a_tampered_tarball_cannot_run_code(tmp_path, monkeypatch):
     monkeypatch.setenv("SIMUDY_DATA_CIFAR10", str(tarball))
     with pytest.raises(SimudyError, match="refusing to load builtins.print"):
         fetch("cifar10", DatasetConfig(source="cifar10", md5=_md5(tarball)), tmp_path / "e.npz")
+
+
+GREY, RGB = {"mean": [0.5], "std": [0.25]}, {"mean": [0.5] * 3, "std": [0.25] * 3}  # for constant images
+
+
+def _save(img: Image.Image, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+def _fetch_folder(tmp_path, images: dict[str, Image.Image], **cfg):
+    """Fetch an image folder holding `images` (path inside it -> image); the train split."""
+    for rel, img in images.items():
+        _save(img, tmp_path / "folder" / rel)
+    fetch("toy", DatasetConfig(source="imagefolder", path=str(tmp_path / "folder"), **cfg), tmp_path / "out.npz")
+    return load_dataset(tmp_path / "out.npz", split="train")
+
+
+def _each_split(make) -> dict[str, Image.Image]:
+    return {f"r/{s}/{c}/0.png": make(ci) for s in ("train", "test") for ci, c in enumerate(("a", "b"))}
+
+
+@pytest.mark.parametrize("mode", ["L", "1", "LA"])
+def test_greyscale_images_keep_one_channel(tmp_path, mode):
+    ds = _fetch_folder(tmp_path, _each_split(lambda ci: Image.new(mode, (3, 2), (255,) * len(mode))), **GREY)
+    assert ds.images.shape == (2, 2, 3, 1) and ds.image_shape == (1, 2, 3) and ds.mean.shape == (1,)
+    assert (ds.images == 255).all()
+
+
+def test_sixteen_bit_greyscale_is_scaled_to_eight_bits(tmp_path):
+    wide = np.array([[0, 257, 32896, 65535]], np.uint16)  # 8-bit 0, 1, 128, 255 widened (x 257)
+    ds = _fetch_folder(tmp_path, _each_split(lambda ci: Image.fromarray(wide)))
+    assert ds.images.shape == (2, 1, 4, 1) and ds.images[0, 0, :, 0].tolist() == [0, 1, 128, 255]
+
+
+def test_colour_and_palette_images_give_three_channels(tmp_path):
+    rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10
+    images = _each_split(lambda ci: Image.fromarray(rgb) if ci else Image.new("L", (3, 2), 77))
+    images["r/test/a/1.png"] = Image.new("P", (3, 2), 5)
+    ds = _fetch_folder(tmp_path, images)
+    assert ds.images.shape == (2, 2, 3, 3)
+    assert (ds.images[0] == 77).all() and (ds.images[1] == rgb).all()  # grey repeated in R, G and B
+
+
+def test_channels_can_be_forced(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (2, 3, 3), dtype=np.uint8)
+    ds = _fetch_folder(tmp_path, _each_split(lambda ci: Image.fromarray(rgb)), channels=1, **GREY)
+    assert ds.images.shape == (2, 2, 3, 1)
+    assert (ds.images[0, ..., 0] == np.asarray(Image.fromarray(rgb).convert("L"))).all()
+    grey = _fetch_folder(tmp_path / "grey", _each_split(lambda ci: Image.new("L", (3, 2), 9)), channels=3, **RGB)
+    assert grey.images.shape == (2, 2, 3, 3) and (grey.images == 9).all()
+
+
+def test_other_files_hidden_files_and_folder_entries_are_ignored(tmp_path):
+    members = {f"d/{s}/{c}/{k}.png": c for s in ("train", "test") for c in ("cat", "dog") for k in range(2)}
+    with zipfile.ZipFile(tmp_path / "d.zip", "w") as zf:
+        for folder in ("d/", "d/train/", "d/train/cat/", "d/test/dog/"):
+            zf.writestr(zipfile.ZipInfo(folder), b"")
+        for rel, c in members.items():
+            img = Image.new("RGB", (2, 2), (40 if c == "cat" else 90, int(rel[-5]), 0))
+            buf = io.BytesIO()
+            img.save(buf, "PNG")
+            zf.writestr(rel, buf.getvalue())
+        zf.writestr("d/README.txt", "about")
+        zf.writestr("d/train/cat/notes.txt", "not an image")
+        zf.writestr("__MACOSX/d/train/cat/._0.png", "resource fork")
+        zf.writestr("d/train/.hidden/0.png", "junk")
+        zf.writestr("d/test/dog/.DS_Store", "junk")
+    fetch("toy", DatasetConfig(source="imagefolder", path=str(tmp_path / "d.zip"), **RGB), tmp_path / "out.npz")
+    ds = load_dataset(tmp_path / "out.npz")
+    assert ds.class_names == ["cat", "dog"] and len(ds) == 8
+    assert sorted(ds.source_ids[ds.split == "train"]) == sorted(k for k in members if "/train/" in k)
+
+
+def test_linked_class_folders_are_followed(tmp_path):
+    _write_folder(tmp_path / "real")
+    (tmp_path / "linked" / "train").mkdir(parents=True)
+    (tmp_path / "linked" / "test").symlink_to(tmp_path / "real" / "test")
+    for c in ("cat", "dog", "emu"):
+        (tmp_path / "linked" / "train" / c).symlink_to(tmp_path / "real" / "train" / c)
+    (tmp_path / "real" / "train" / "cat" / "loop").symlink_to(tmp_path / "linked")  # must not loop
+    fetch("toy", DatasetConfig(source="imagefolder", path=str(tmp_path / "linked")), tmp_path / "out.npz")
+    assert len(load_dataset(tmp_path / "out.npz")) == 18
+
+
+def test_the_registry_path_of_a_cifar10_dataset_is_its_local_copy(tmp_path, monkeypatch):
+    monkeypatch.delenv("SIMUDY_DATA_CIFAR10", raising=False)
+    tarball = _cifar_tarball(tmp_path / "cifar-10-python.tar.gz")
+    fetch("cifar10", DatasetConfig(source="cifar10", path=str(tarball), md5=_md5(tarball)), tmp_path / "c.npz")
+    assert load_dataset(tmp_path / "c.npz").meta["origin"] == str(tarball)
+
+
+def test_source_record_describes_the_copy_fetch_would_read(tmp_path, monkeypatch):
+    import sklearn
+
+    from simudy.data import source_record
+
+    monkeypatch.delenv("SIMUDY_DATA_TOY", raising=False)
+    assert source_record("toy", DatasetConfig(source="digits")) == {"source": "digits",
+                                                                    "scikit-learn": sklearn.__version__}
+    cfg = DatasetConfig(source="cifar10", url="https://example.org/c.tgz", md5="0" * 32)
+    assert source_record("toy", cfg) == {"source": "cifar10", "url": "https://example.org/c.tgz", "md5": "0" * 32}
+
+    _write_folder(tmp_path / "folder")
+    _zip(tmp_path / "folder", tmp_path / "folder.zip")
+    monkeypatch.setenv("SIMUDY_DATA_TOY", str(tmp_path / "folder.zip"))
+    zipped = tmp_path / "folder.zip"
+    record = {"source": "cifar10", "size": zipped.stat().st_size, "md5": _md5(zipped)}
+    assert source_record("toy", cfg) == record
+    shutil.copy(tmp_path / "folder.zip", tmp_path / "copy.zip")  # the same data elsewhere: the same record
+    monkeypatch.setenv("SIMUDY_DATA_TOY", str(tmp_path / "copy.zip"))
+    assert source_record("toy", cfg) == record
+
+    monkeypatch.setenv("SIMUDY_DATA_TOY", str(tmp_path / "folder"))
+    before = source_record("toy", cfg)
+    assert before["files"] == 18
+    Image.new("RGB", (4, 4)).save(tmp_path / "folder" / "train" / "cat" / "9999.png")
+    after = source_record("toy", cfg)
+    assert after["files"] == 19 and after["listing_sha256"] != before["listing_sha256"]
+
+    with pytest.raises(SimudyError, match="SIMUDY_DATA_TOY is set, but dataset 'toy' is scikit-learn's bundled"):
+        source_record("toy", DatasetConfig(source="digits"))
+    monkeypatch.delenv("SIMUDY_DATA_TOY")
+    with pytest.raises(SimudyError, match="imagefolder source needs a path"):
+        source_record("toy", DatasetConfig(source="imagefolder"))

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from simudy.config import load_registry
+from simudy.data import load_dataset
 from tests.conftest import ROOT, copy_pipeline, run_tool, tool
 
 pytestmark = pytest.mark.slow
@@ -70,3 +71,55 @@ def test_tiny_end_to_end_run(tmp_path):
     # Nothing left to do on a second run.
     proc = run_tool(tmp_path, "snakemake", "demo", "--cores", "2", "-n", env=_env())
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_paths_with_spaces_and_set_overrides(tmp_path):
+    """Every path in the rules is quoted (a checkout and a registry under folders with spaces),
+    and `--config set=[...]` reaches the jobs that read the experiment's settings."""
+    (tmp_path / "my checkout").mkdir()
+    root = copy_pipeline(tmp_path / "my checkout")
+    _digits_only(root, "smoke")
+    (root / "my params").mkdir()
+    (root / "params/experiments.yaml").rename(root / "my params/experiments.yaml")
+    target = "results/demo/smoke/reconstruct/simudy/run.json"
+    config = ["--config", "registry=my params/experiments.yaml", 'set=["reconstruct.attacks.simudy.steps=4"]']
+    run_tool(root, "snakemake", target, "--cores", "2", *config, env=_env())
+    assert json.loads((root / target).read_text())["steps"] == 4
+    # The override is among the job's params: without it the reconstruction is out of date.
+    proc = run_tool(root, "snakemake", "-n", target, "--cores", "2", *config[:2], env=_env())
+    assert "rule simulate_and_reconstruct:" in proc.stdout + proc.stderr
+
+
+def _image_zip(path: Path, value: int) -> Path:
+    from io import BytesIO
+    from zipfile import ZipFile
+
+    from PIL import Image
+
+    with ZipFile(path, "w") as zf:
+        for split in ("train", "test"):
+            for cls in ("a", "b"):
+                buf = BytesIO()
+                Image.new("L", (8, 8), value + ord(cls)).save(buf, "PNG")
+                zf.writestr(f"root/{split}/{cls}/0.png", buf.getvalue())
+    return path
+
+
+def test_another_copy_of_the_data_rebuilds_the_dataset(tmp_path):
+    root = copy_pipeline(tmp_path)
+    _digits_only(root, "smoke")
+    path = root / "params/experiments.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["datasets"]["toy"] = {"source": "imagefolder"}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    target = "results/data/toy.npz"
+    first = {**_env(), "SIMUDY_DATA_TOY": str(_image_zip(tmp_path / "one.zip", 10))}
+    run_tool(root, "snakemake", target, "--cores", "1", env=first)
+    again = run_tool(root, "snakemake", "-n", target, "--cores", "1", env=first)
+    assert "Nothing to be done" in again.stdout + again.stderr
+    second = {**first, "SIMUDY_DATA_TOY": str(_image_zip(tmp_path / "two.zip", 20))}
+    rerun = run_tool(root, "snakemake", target, "--cores", "1", env=second)
+    assert "rule fetch_data:" in rerun.stdout + rerun.stderr
+    assert load_dataset(root / target).images.min() == 20 + ord("a")
+    record = json.loads((root / "results/data/toy.source.json").read_text())
+    assert record["path"] == str(tmp_path / "two.zip")

@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import logging
+import os
 import sys
+import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import pandas as pd
 
-from simudy import ablation, bench, checkpoints, data, dvcstages, gpu, pairing, report, schema, train, victim
+from simudy import (
+    ablation,
+    bench,
+    checkpoints,
+    data,
+    describe,
+    dvcstages,
+    gpu,
+    io,
+    pairing,
+    report,
+    schema,
+    train,
+    victim,
+)
 from simudy.config import DEFAULT_REGISTRY, ExperimentConfig, load_experiment, load_registry
 from simudy.errors import SimudyError
 from simudy.reconstruct import reconstruct
@@ -32,6 +51,13 @@ def cmd_fetch_data(a) -> None:
                  ds.images.shape[1:], len(ds.class_names))
 
 
+def cmd_data_source(a) -> None:
+    reg = load_registry(a.registry)
+    if a.dataset not in reg.datasets:
+        raise SimudyError(f"{a.registry}: unknown dataset {a.dataset!r}; known: {sorted(reg.datasets)}")
+    io.write_json(a.out, data.source_record(a.dataset, reg.datasets[a.dataset]))
+
+
 def cmd_pretrain(a) -> None:
     train.make_theta0(_experiment(a), a.data, a.out_dir)
 
@@ -48,10 +74,17 @@ def cmd_reconstruct(a) -> None:
     info = reconstruct(_experiment(a).reconstruct, a.method, a.victim_dir, a.out_dir, a.work_dir, monitor)
     log.info("%s: %d steps in %.1f s (%.3f s/step) on %s", a.method, info["steps"], info["seconds"],
              info["seconds_per_step"], info["device"])
+    if a.score_dir:
+        if not truth.exists():
+            raise SimudyError(f"{truth}: not found; --score-dir needs the training images (describe-victim --images)")
+        _log_scores(pairing.pair_files(a.victim_dir, a.out_dir, a.score_dir))
 
 
 def cmd_pair(a) -> None:
-    m = pairing.pair_files(a.victim_dir, a.reconstruct_dir, a.out_dir)
+    _log_scores(pairing.pair_files(a.victim_dir, a.reconstruct_dir, a.out_dir))
+
+
+def _log_scores(m: dict) -> None:
     log.info("mean SSIM (paper protocol) %.4f, pixel SSIM %.4f, PSNR %.2f dB", m["ssim"], m["ssim_pixel"],
              m["psnr_pixel"])
 
@@ -115,11 +148,23 @@ def cmd_import_checkpoint(a) -> None:
     log.info("wrote %d tensors to %s", n, a.dst)
 
 
+def cmd_import_victim(a) -> None:
+    describe.import_victim(a.theta0, a.thetaf, a.victim_dir)
+    log.info("wrote θ0 and θf to %s; describe the victim next (simudy describe-victim)", a.victim_dir)
+
+
+def cmd_describe_victim(a) -> None:
+    meta = describe.describe_victim(a.victim_dir, describe.flags(a), a.template, a.images)
+    log.info("wrote %s: %s %s, %d images %s in %d classes%s", Path(a.victim_dir) / "victim.json", meta["arch"],
+             meta.get("model_kwargs", {}), meta["n_images"], meta["image_shape"], meta["num_classes"],
+             ", and truth.npz" if a.images else "")
+
+
 # -- plumbing ---------------------------------------------------------------------------------
 
 
 def _experiment(a) -> ExperimentConfig:
-    return load_experiment(a.experiment, a.profile, a.registry)
+    return load_experiment(a.experiment, a.profile, a.registry, a.set)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,18 +179,24 @@ def build_parser() -> argparse.ArgumentParser:
         if experiment:
             s.add_argument("--experiment", required=True)
             s.add_argument("--profile", required=True)
+            s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                           help="override one setting of the experiment (repeatable; the value is YAML), "
+                                "e.g. reconstruct.attacks.simudy.steps=200")
         for flag, h in paths.items():
             s.add_argument(f"--{flag.replace('_', '-')}", required=True, help=h)
         return s
 
     add("fetch-data", cmd_fetch_data, "write the canonical dataset file", experiment=False,
         dataset="dataset name in the registry", out="output .npz")
+    add("data-source", cmd_data_source, "record where a dataset's data comes from (rerun fetch-data when it changes)",
+        experiment=False, dataset="dataset name in the registry", out="output .json")
     add("pretrain", cmd_pretrain, "make θ0 (pre-trained or seeded random init)",
         data="canonical dataset file", out_dir="output directory")
     add("finetune-victim", cmd_finetune_victim, "train the victim from θ0 with the authors' protocol",
         data="canonical dataset file", init_dir="θ0 directory", out_dir="victim directory")
-    add("reconstruct", cmd_reconstruct, "run one of the experiment's attacks on a victim", method="method name",
-        victim_dir="victim directory", out_dir="output directory", work_dir="snapshot directory (resume)")
+    r = add("reconstruct", cmd_reconstruct, "run one of the experiment's attacks on a victim", method="method name",
+            victim_dir="victim directory", out_dir="output directory", work_dir="snapshot directory (resume)")
+    r.add_argument("--score-dir", help="then pair with the victim's truth.npz, as `simudy pair`, writing here")
     add("pair", cmd_pair, "pair reconstructions with training images by SSIM", experiment=False,
         victim_dir="victim directory", reconstruct_dir="reconstruction directory", out_dir="output directory")
     add("report", cmd_report, "figures, table rows and metrics over the experiment's methods",
@@ -182,24 +233,86 @@ def build_parser() -> argparse.ArgumentParser:
     c = add("import-checkpoint", cmd_import_checkpoint, "convert a torch checkpoint to safetensors", experiment=False)
     c.add_argument("src")
     c.add_argument("dst")
+    add("import-victim", cmd_import_victim, "convert θ0 and θf saved with torch.save into a victim directory",
+        experiment=False, theta0="the model before training (torch.save of its state_dict)",
+        thetaf="the model after training", victim_dir="victim directory")
+    v = add("describe-victim", cmd_describe_victim, "write victim.json (and truth.npz) for the checkpoints in a "
+            "victim directory", experiment=False, victim_dir="victim directory (holding θ0 and θf)")
+    v.description = describe.__doc__
+    describe.add_arguments(v)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if a.log:
-        Path(a.log).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(a.log))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", handlers=handlers, force=True)
     started = time.perf_counter()
     try:
+        _setup_logging(a.log)
+        io.clean_stale_temporaries()
         a.fn(a)
+        log.info("%s done in %.1f s", a.command, time.perf_counter() - started)
     except SimudyError as err:
-        log.error("error: %s", err)
-        return 2
-    log.info("%s done in %.1f s", a.command, time.perf_counter() - started)
+        return _fail(str(err))
+    except KeyboardInterrupt:
+        return _fail("interrupted", status=130)
+    except Exception as err:  # the CLI boundary: no traceback reaches the user's terminal
+        return _fail(_describe(err, _save_traceback(a.log)))
     return 0
+
+
+class _StrictFileHandler(logging.FileHandler):
+    """A log file that cannot be written (a full disk) fails the command instead of printing a
+    warning and exiting 0."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        raise SimudyError(f"{self.baseFilename}: cannot write the log ({sys.exc_info()[1]})")
+
+
+def _setup_logging(path: str | None) -> None:
+    for old in logging.root.handlers[:]:  # an earlier main() in this process (tests) may hold a broken file
+        logging.root.removeHandler(old)
+        with contextlib.suppress(OSError, SimudyError):
+            old.close()
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if path:
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            handlers.append(_StrictFileHandler(path))
+        except OSError as err:
+            raise SimudyError(f"{path}: cannot open the log file ({err.strerror})") from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", handlers=handlers, force=True)
+
+
+def _fail(message: str, status: int = 2) -> int:
+    try:
+        log.error("error: %s", message)
+    except SimudyError:  # the log file itself failed: the terminal still gets the message
+        print(f"error: {message}", file=sys.stderr)
+    return status
+
+
+def _save_traceback(log_path: str | None) -> str:
+    """Append the traceback to the log file (or a temporary file without --log) and return where."""
+    text = traceback.format_exc()
+    for target in filter(None, [log_path, Path(tempfile.gettempdir()) / f"simudy-{os.getpid()}-traceback.log"]):
+        try:
+            with open(target, "a") as fh:
+                fh.write(text)
+            return str(target)
+        except OSError:
+            continue
+    return "nowhere (no writable place)"
+
+
+def _describe(err: Exception, where: str) -> str:
+    """One line for an exception that is not a SimudyError."""
+    if isinstance(err, OSError) and err.errno is not None:
+        reason = "no space left on device" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+        return f"{err.filename or 'a file'}: {reason} (traceback in {where})"
+    if isinstance(err, MemoryError):
+        return f"out of memory (traceback in {where}); try smaller sizes or a bigger machine"
+    text = " ".join(str(err).split())[:300]
+    return f"unexpected {type(err).__name__}: {text} (a bug in simudy: please report it with the traceback in {where})"
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ against the models below, which reject unknown keys and wrong types.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from functools import reduce
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
@@ -26,7 +27,13 @@ DEFAULT_REGISTRY = Path("params/experiments.yaml")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan: an infinite learning rate or scale is never meant and only shows up later as
+    # NaN images.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+Positive = Annotated[float, Field(gt=0)]
+Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
 class DatasetConfig(Strict):
@@ -39,14 +46,19 @@ class DatasetConfig(Strict):
     std: list[float] | None = None
     # Keep only these classes (indices into the sorted class list), in this order.
     classes: list[int] | None = None
+    # Image folders: channels of the dataset (None = 1 if every image is greyscale, else 3), and
+    # limits on each file, checked before decoding (generous enough for ImageNet photos).
+    channels: Literal[1, 3] | None = None
+    max_image_bytes: int = Field(default=64 * 2**20, gt=0)
+    max_image_pixels: int = Field(default=2**26, gt=0)
 
 
 class InitConfig(Strict):
     """How θ0 is made: the architecture, and pre-training or a seeded random init."""
 
     arch: str
-    width: int | None = None  # ResNet base width (64 in the paper)
-    hidden: list[int] | None = None  # MLP hidden widths
+    width: int | None = Field(default=None, ge=1)  # ResNet base width (64 in the paper)
+    hidden: list[Annotated[int, Field(ge=1)]] | None = None  # MLP hidden widths
     # MLP biases (None = with); Haim et al.'s MLPs have one in the first layer only ("first").
     bias: bool | Literal["first"] | None = None
     # MLP inputs centred on the victim's mean training image inside the model (Haim et al.).
@@ -56,14 +68,15 @@ class InitConfig(Strict):
     # Pre-training (init == "pretrained") runs on the test split: disjoint from every victim
     # subset, which is drawn from the train split.
     split: Literal["train", "test"]
-    limit: int | None = None  # use only the first `limit` images of the split
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float
-    weight_decay: float
+    limit: int | None = Field(default=None, ge=1)  # use only the first `limit` images of the split
+    epochs: int = Field(ge=0)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    momentum: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0)
     augment: bool
-    outputs: int | None = None  # model outputs; None = one per class (1 for a binary logistic model)
+    # Model outputs; None = one per class (1 for a binary logistic model).
+    outputs: int | None = Field(default=None, ge=1)
     # Haim et al.'s victims start from a small first layer: weights and bias ~ N(0, 1e-4²).
     first_layer_std: float | None = Field(default=None, gt=0)
     # After pre-training, this many epochs of the victims' own optimiser on the same images:
@@ -100,7 +113,8 @@ class AttackConfig(Strict):
     """Settings every attack shares: the run's length, seed, device and bookkeeping."""
 
     steps: int = Field(ge=1)
-    n_images: int | None = None  # how many training images to reconstruct; None = the victim's dataset size
+    # How many training images to reconstruct; None = the victim's dataset size.
+    n_images: int | None = Field(default=None, ge=1)
     seed: int
     device: Literal["auto", "cpu", "cuda"]
     snapshot_every: int = Field(ge=1)
@@ -144,17 +158,17 @@ class SimulatorConfig(Strict):
 
 class SimuDyConfig(AttackConfig):
     attack: Literal["simudy"]
-    init_scale: float  # dummy images ~ init_scale * N(0, 1) in normalised space
+    init_scale: Positive  # dummy images ~ init_scale * N(0, 1) in normalised space
     sim_epochs: int = Field(ge=1)
-    sim_batch_size: int | None = None  # None = the victim's
-    sim_lr: float | None = None  # None = the victim's
-    clip_max_norm: float  # a simulated step whose gradient norm exceeds this ...
-    clip_to_norm: float  # ... is rescaled to this norm ...
+    sim_batch_size: int | None = Field(default=None, ge=1)  # None = the victim's
+    sim_lr: Positive | None = None  # None = the victim's
+    clip_max_norm: Positive  # a simulated step whose gradient norm exceeds this ...
+    clip_to_norm: Positive  # ... is rescaled to this norm ...
     clip_fraction: float = Field(ge=0, le=1)  # ... during this first fraction of outer steps
     loss: Literal["cosine", "euclidean"]
     tv_weight: float = Field(ge=0)
     lr: float = Field(gt=0)
-    betas: list[float]
+    betas: list[Beta] = Field(min_length=2, max_length=2)  # Adam's (β1, β2)
     cosine_period: int = Field(ge=1)  # T_max of the cyclic cosine schedule, in steps
     simulator: SimulatorConfig = SimulatorConfig()
 
@@ -166,7 +180,7 @@ class MatchingConfig(AttackConfig):
     """Attacks that explain the parameters as a weighted sum of per-candidate gradients."""
 
     candidates: float = Field(ge=1)  # candidate images per training image (2x in all three papers)
-    init_scale: float  # candidate images ~ init_scale * N(0, 1) in normalised space
+    init_scale: Positive  # candidate images ~ init_scale * N(0, 1) in normalised space
     box_weight: float = Field(ge=0)  # penalty on pixels outside the valid range
 
 
@@ -213,7 +227,7 @@ class GradInvConfig(AttackConfig):
     """Geiping et al. 2020 on the one-step special case: the parameter change is one gradient."""
 
     attack: Literal["gradinv"]
-    init_scale: float
+    init_scale: Positive
     labels: Literal["infer", "balanced"]  # infer = iDLG's reading of the last layer's gradient
     tv_weight: float = Field(ge=0)
     lr: float = Field(gt=0)  # Adam on the signed gradient, decayed x0.1 at 3/8, 5/8, 7/8 of the run
@@ -222,6 +236,7 @@ class GradInvConfig(AttackConfig):
 AnyAttack = Annotated[
     SimuDyConfig | LooConfig | KKTConfig | WeightedCEConfig | GradInvConfig, Field(discriminator="attack")
 ]
+ATTACK_KINDS = {get_args(m.model_fields["attack"].annotation)[0] for m in get_args(get_args(AnyAttack)[0])}
 
 
 class ThreatConfig(Strict):
@@ -368,7 +383,8 @@ class Registry(Strict):
             if exp.dataset not in self.datasets:
                 raise ValueError(f"experiment {name!r} uses unknown dataset {exp.dataset!r}")
             if self.active_profile not in exp.profiles:
-                raise ValueError(f"experiment {name!r} has no profile {self.active_profile!r}")
+                raise ValueError(f"active_profile {self.active_profile!r}: experiment {name!r} has no such profile "
+                                 f"(it has {sorted(exp.profiles)})")
         for name, group in self.groups.items():
             if name in self.experiments:
                 raise ValueError(f"group {name!r} has the name of an experiment")
@@ -402,7 +418,7 @@ class Registry(Strict):
         except ValidationError as err:
             raise SimudyError(f"{self._source}: ablation {name!r}, run {run!r}: {_format(err)}") from None
 
-    def resolve(self, experiment: str, profile: str) -> ExperimentConfig:
+    def resolve(self, experiment: str, profile: str, overrides: Overrides | None = None) -> ExperimentConfig:
         if experiment not in self.experiments:
             raise SimudyError(f"{self._source}: unknown experiment {experiment!r}; known: {sorted(self.experiments)}")
         entry = self.experiments[experiment]
@@ -415,6 +431,7 @@ class Registry(Strict):
                 raise SimudyError(f"{self._source}: experiment {experiment!r} at profile {profile!r}: with victim_of, "
                                   f"leave init and victim empty and name a profile that trains its own victim")
             merged.update(init=other["init"], victim=other["victim"])
+        merged = deep_merge(merged, overrides or {})
         try:
             return ExperimentConfig(
                 name=experiment,
@@ -426,8 +443,9 @@ class Registry(Strict):
                 **merged,
             )
         except ValidationError as err:
+            where = " with the --set overrides" if overrides else ""
             raise SimudyError(
-                f"{self._source}: experiment {experiment!r} at profile {profile!r}: {_format(err)}"
+                f"{self._source}: experiment {experiment!r} at profile {profile!r}{where}: {_format(err)}"
             ) from None
 
     def _merged(self, experiment: str, profile: str) -> dict[str, Overrides]:
@@ -450,22 +468,84 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _format(err: ValidationError) -> str:
+def _format(err: ValidationError, limit: int = 3) -> str:
+    """Pydantic's errors, one short clause each: the key, the problem and the offending value
+    (only where it is a value: a whole section would bury the message)."""
     parts = []
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"])
-        parts.append(f"{where}: {e['msg']} (got {e.get('input')!r})")
-    return "; ".join(parts)
+    for e in err.errors()[:limit]:
+        where = ".".join(str(p) for p in _without_tag(e["loc"]))
+        value = e.get("input")
+        got = "" if isinstance(value, (dict, list)) else f" (got {_short(value)})"
+        parts.append(f"{where + ': ' if where else ''}{e['msg'].removeprefix('Value error, ')}{got}")
+    more = err.error_count() - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def _without_tag(loc: tuple) -> tuple:
+    """An error's location without pydantic's union tag: `attacks.fast.simudy.lr` -> `attacks.fast.lr`."""
+    if "attacks" in loc:
+        tag = loc.index("attacks") + 2
+        if tag < len(loc) - 1 and loc[tag] in ATTACK_KINDS:
+            return loc[:tag] + loc[tag + 1:]
+    return loc
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error rather than the
+    last value silently winning."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content, with duplicate keys and syntax errors as errors naming the file."""
+    try:
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except FileNotFoundError:
+        raise SimudyError(f"{path}: file not found") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise SimudyError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+
+
+def parse_overrides(items: list[str]) -> Overrides:
+    """`--set SECTION.KEY...=VALUE` items as one nested mapping of overrides; each VALUE is read
+    as YAML (`200`, `0.1`, `[0.9, 0.99]`, `null`) and validated with the rest of the experiment."""
+    out: Overrides = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) < 2 or not all(parts) or parts[0] not in SECTIONS:
+            raise SimudyError(f"--set {item!r}: expected SECTION.KEY=VALUE with SECTION one of {list(SECTIONS)}, "
+                              "e.g. reconstruct.attacks.simudy.steps=200")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise SimudyError(f"--set {item!r}: the value is not valid YAML") from None
+        if isinstance(value, str) and text.strip()[:1] not in "'\"":  # YAML 1.1 reads 1e-3 as text
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        for part in reversed(parts):
+            value = {part: value}
+        out = deep_merge(out, value)
+    return out
 
 
 def load_registry(path: str | Path = DEFAULT_REGISTRY) -> Registry:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SimudyError(f"{path}: registry file not found") from None
-    except yaml.YAMLError as err:
-        raise SimudyError(f"{path}: not valid YAML: {err}") from None
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise SimudyError(f"{path}: expected a mapping at the top level")
     try:
@@ -488,5 +568,7 @@ def _check_ablations(registry: Registry) -> None:
             registry.ablation_attack(name, run)
 
 
-def load_experiment(experiment: str, profile: str, registry: str | Path = DEFAULT_REGISTRY) -> ExperimentConfig:
-    return load_registry(registry).resolve(experiment, profile)
+def load_experiment(experiment: str, profile: str, registry: str | Path = DEFAULT_REGISTRY,
+                    overrides: list[str] = ()) -> ExperimentConfig:
+    """An experiment's effective configuration, with `--set`-style overrides applied last."""
+    return load_registry(registry).resolve(experiment, profile, parse_overrides(list(overrides)))

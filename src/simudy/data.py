@@ -16,6 +16,14 @@ and `source_ids` is the index within the split; for `digits` it is scikit-learn'
 id is the index in `load_digits()`; for `imagefolder` the official interleaving of classes is
 not known, so rows are ordered by (rank of the file within its class, class), which keeps every
 prefix balanced, and the id is the file's path inside the folder or zip.
+
+An image folder (a directory or a .zip) holds `<root>/{train,test}/<class>/<file>` under one
+common root, which may be nested. Image files anywhere else, entries that leave the archive
+(absolute paths, `..`) and class folders without images are refused; other files (README,
+wnids.txt) and hidden or `__MACOSX` entries are ignored. Each file is held to `max_image_bytes`
+and its header to `max_image_pixels` before it is decoded. The images keep one channel when all
+of them are greyscale (16-bit greyscale scaled to 8 bits) and are RGB otherwise; the dataset's
+`channels` forces 1 (luma) or 3.
 """
 
 from __future__ import annotations
@@ -25,9 +33,12 @@ import io
 import json
 import os
 import pickle
+import re
 import tarfile
 import urllib.request
+import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
@@ -43,6 +54,7 @@ SPLITS = ("train", "test")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+GREY_MODES = {"1", "L", "LA"}  # and the integer modes "I", "I;16", ... (16-bit greyscale)
 
 
 @dataclass(frozen=True)
@@ -127,33 +139,20 @@ def save_dataset(path: str | Path, ds: Dataset) -> None:
 def load_dataset(path: str | Path, split: str | None = None) -> Dataset:
     """Load a canonical dataset file; with `split`, only that split's rows."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise SimudyError(f"{path}: dataset file not found (run `simudy fetch-data`)") from None
-    except (ValueError, OSError, zipfile.BadZipFile) as err:
-        raise SimudyError(f"{path}: not a simudy dataset file ({err})") from None
+    arrays = _read_npz(path)
     needed = {"images", "labels", "split", "class_names", "source_ids", "mean", "std", "meta"}
     if not needed <= arrays.keys():
         raise SimudyError(f"{path}: dataset file lacks {sorted(needed - arrays.keys())}")
-    images, labels = arrays["images"], arrays["labels"]
-    if images.dtype != np.uint8 or images.ndim != 4:
-        raise SimudyError(f"{path}: images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
-    if labels.shape != (len(images),):
-        raise SimudyError(f"{path}: {len(labels)} labels for {len(images)} images")
-    meta = json.loads(str(arrays["meta"]))
-    if meta.get("schema") != SCHEMA_VERSION:
-        raise SimudyError(f"{path}: dataset schema {meta.get('schema')}, expected {SCHEMA_VERSION}")
+    _check_arrays(path, arrays)
     ds = Dataset(
-        images=images,
-        labels=labels.astype(np.int64),
+        images=arrays["images"],
+        labels=arrays["labels"].astype(np.int64),
         split=arrays["split"],
         class_names=[str(c) for c in arrays["class_names"]],
         source_ids=arrays["source_ids"],
         mean=arrays["mean"].astype(np.float32),
         std=arrays["std"].astype(np.float32),
-        meta=meta,
+        meta=_read_meta(path, arrays["meta"]),
     )
     if split is None:
         return ds
@@ -161,6 +160,75 @@ def load_dataset(path: str | Path, split: str | None = None) -> Dataset:
     if not rows.any():
         raise SimudyError(f"{path}: no images in split {split!r}")
     return ds.take(rows)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file; never unpickles (numpy's own errors would suggest doing so)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except FileNotFoundError:
+        raise SimudyError(f"{path}: dataset file not found (run `simudy fetch-data`)") from None
+    except OSError as err:
+        raise SimudyError(f"{path}: cannot read the dataset file ({err.strerror})") from None
+    if head[:1] == b"\x80":
+        raise SimudyError(f"{path}: holds pickled Python objects, not a simudy dataset file (it is never unpickled)")
+    if head[:2] != b"PK":
+        raise SimudyError(f"{path}: not a simudy dataset file (not an .npz archive)")
+    arrays = {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            for key in z.files:
+                arrays[key] = z[key]
+    except ValueError as err:
+        if "allow_pickle" in str(err):  # an object array: numpy would need to unpickle it
+            raise SimudyError(f"{path}: holds Python objects, not a simudy dataset file (they are never "
+                              "unpickled)") from None
+        raise SimudyError(f"{path}: not a simudy dataset file ({err})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise SimudyError(f"{path}: not a simudy dataset file ({err})") from None
+    return arrays
+
+
+def _check_arrays(path: Path, a: dict[str, np.ndarray]) -> None:
+    """Shapes, types and values of the canonical file's arrays (see the module's docstring)."""
+    images = a["images"]
+    if images.dtype != np.uint8 or images.ndim != 4 or 0 in images.shape:
+        raise SimudyError(f"{path}: images must be uint8 [N, H, W, C] with N, H, W, C > 0, "
+                          f"got {images.dtype} {images.shape}")
+    n, channels = len(images), images.shape[3]
+    for key in ("labels", "split", "source_ids"):
+        if a[key].shape != (n,):
+            raise SimudyError(f"{path}: {key} has shape {a[key].shape}, expected ({n},) for {n} images")
+    for key in ("split", "class_names", "source_ids"):
+        if a[key].dtype.kind != "U":
+            raise SimudyError(f"{path}: {key} must hold strings, got {a[key].dtype}")
+    names, labels = a["class_names"], a["labels"]
+    if names.ndim != 1 or len(names) == 0 or len(set(names.tolist())) != len(names):
+        raise SimudyError(f"{path}: class_names must be a non-empty list of distinct names")
+    if labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() >= len(names):
+        raise SimudyError(f"{path}: labels must be integers in 0..{len(names) - 1} (one per class name)")
+    unknown = sorted(set(a["split"].tolist()) - set(SPLITS))
+    if unknown:
+        raise SimudyError(f"{path}: split holds {unknown[:3]}, expected only {list(SPLITS)}")
+    for key in ("mean", "std"):
+        v = a[key]
+        if v.dtype.kind != "f" or v.shape != (channels,) or not np.isfinite(v).all():
+            raise SimudyError(f"{path}: {key} must hold one finite float per channel ({channels}), got {v.tolist()}")
+    if (a["std"] <= 0).any():
+        raise SimudyError(f"{path}: std must be positive, got {a['std'].tolist()}")
+
+
+def _read_meta(path: Path, raw: np.ndarray) -> dict:
+    try:
+        meta = json.loads(str(raw)) if raw.ndim == 0 and raw.dtype.kind == "U" else None
+    except json.JSONDecodeError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise SimudyError(f"{path}: meta must be a string holding a JSON object")
+    if meta.get("schema") != SCHEMA_VERSION:
+        raise SimudyError(f"{path}: dataset schema {meta.get('schema')}, expected {SCHEMA_VERSION}")
+    return meta
 
 
 # -- victim subsets ---------------------------------------------------------------------------
@@ -190,10 +258,9 @@ def fetch(name: str, cfg: DatasetConfig, out: str | Path) -> Dataset:
     A local copy given in the environment variable SIMUDY_DATA_<NAME> (a directory, a .zip in
     image-folder layout, or the official tarball) takes the place of the download.
     """
-    local = os.environ.get(f"SIMUDY_DATA_{name.upper()}")
-    splits = _read_source(name, cfg, local)
-    splits = {s: _keep_classes(ds, cfg.classes) for s, ds in splits.items()}
-    mean, std = _norm_constants(cfg, splits["train"].images)
+    splits = _read_source(name, cfg)
+    splits = {s: _keep_classes(name, raw, cfg.classes) for s, raw in splits.items()}
+    mean, std = _norm_constants(name, cfg, splits["train"].images)
     names = {tuple(raw.class_names) for raw in splits.values()}
     if len(names) != 1:
         raise SimudyError(f"dataset {name!r}: the splits have different classes {sorted(names)}")
@@ -211,21 +278,78 @@ def fetch(name: str, cfg: DatasetConfig, out: str | Path) -> Dataset:
     return ds
 
 
-def _read_source(name: str, cfg: DatasetConfig, local: str | None):
+def source_record(name: str, cfg: DatasetConfig) -> dict:
+    """What `fetch` would read for the dataset `name`: a local file's size and md5, a local
+    directory's file list with sizes, the download's url and md5, or the scikit-learn version
+    for `digits`. Other data gives another record; the same data elsewhere (another machine, a
+    fresh clone) gives the same one, so it does not rebuild the dataset."""
+    if cfg.source == "digits":
+        _local_copy(name, cfg)  # refuses a copy it would not read
+        import sklearn
+
+        return {"source": "digits", "scikit-learn": sklearn.__version__}
+    local = _local_copy(name, cfg)
+    if local is None:
+        return {"source": cfg.source, "url": cfg.url or CIFAR10_URL, "md5": cfg.md5 or CIFAR10_MD5}
+    return {"source": cfg.source, **_content_record(local)}
+
+
+def _local_copy(name: str, cfg: DatasetConfig) -> Path | None:
+    """The local copy that `fetch` reads: SIMUDY_DATA_<NAME>, else the registry's `path`; None
+    when the data is downloaded."""
+    var = f"SIMUDY_DATA_{name.upper()}"
+    value = os.environ.get(var)
+    if cfg.source == "digits":
+        if value:
+            raise SimudyError(f"{var} is set, but dataset {name!r} is scikit-learn's bundled digits, which "
+                              f"cannot be read from a local copy; unset {var}")
+        return None
+    origin = var if value else f"datasets.{name}.path"
+    value = value or cfg.path
+    if not value:
+        if cfg.source == "imagefolder":
+            raise SimudyError(f"dataset {name!r}: imagefolder source needs a path (or {var})")
+        return None
+    path = Path(value)
+    if not path.exists():
+        raise SimudyError(f"{path}: not found (the local copy of dataset {name!r}, from {origin})")
+    return path
+
+
+def _content_record(path: Path) -> dict:
+    """A file's size and md5; for a directory, its files' relative paths and sizes, hashed (a
+    file rewritten in place with the same size goes unnoticed: hashing every image would cost
+    more than reading them)."""
+    if not path.is_dir():
+        return {"size": path.stat().st_size, "md5": _md5(path)}
+    listing = hashlib.sha256()
+    files = 0
+    for dirpath, _, filenames in sorted(_walk(path)):
+        for name in sorted(filenames):
+            full = Path(dirpath, name)
+            listing.update(f"{full.relative_to(path).as_posix()}\0{full.stat().st_size}\n".encode())
+            files += 1
+    return {"files": files, "listing_sha256": listing.hexdigest()}
+
+
+def _read_source(name: str, cfg: DatasetConfig) -> dict[str, RawSplit]:
+    local = _local_copy(name, cfg)
     if cfg.source == "digits":
         return _read_digits()
-    if cfg.source == "imagefolder" or (local and not local.endswith((".tar.gz", ".tgz"))):
-        path = local or cfg.path
-        if not path:
-            raise SimudyError(f"dataset {name!r}: imagefolder source needs a path (or SIMUDY_DATA_{name.upper()})")
-        return _read_imagefolder(Path(path))
-    tarball = Path(local) if local else _download(cfg.url or CIFAR10_URL, name)
-    return _read_cifar10_tarball(tarball, cfg.md5 or CIFAR10_MD5)
+    if local is None:
+        return _read_cifar10_tarball(_download(cfg.url or CIFAR10_URL, name), cfg.md5 or CIFAR10_MD5)
+    if cfg.source == "cifar10" and local.name.endswith((".tar.gz", ".tgz")):
+        return _read_cifar10_tarball(local, cfg.md5 or CIFAR10_MD5)
+    return _read_imagefolder(local, cfg)
 
 
-def _keep_classes(raw: RawSplit, classes: list[int] | None) -> RawSplit:
+def _keep_classes(name: str, raw: RawSplit, classes: list[int] | None) -> RawSplit:
     if classes is None:
         return raw
+    bad = [c for c in classes if not 0 <= c < len(raw.class_names)]
+    if bad or len(set(classes)) != len(classes):
+        raise SimudyError(f"dataset {name!r}: classes {classes} must be distinct indices into the "
+                          f"{len(raw.class_names)} classes {raw.class_names}")
     remap = {old: new for new, old in enumerate(classes)}
     keep = np.isin(raw.labels, classes)
     labels = np.array([remap[int(v)] for v in raw.labels[keep]], dtype=np.int64)
@@ -233,12 +357,23 @@ def _keep_classes(raw: RawSplit, classes: list[int] | None) -> RawSplit:
     return RawSplit(raw.images[keep], labels, names, raw.source_ids[keep], raw.provenance)
 
 
-def _norm_constants(cfg: DatasetConfig, train_images: np.ndarray):
+def _norm_constants(name: str, cfg: DatasetConfig, train_images: np.ndarray):
+    channels = train_images.shape[-1]
+    if (cfg.mean is None) != (cfg.std is None):
+        raise SimudyError(f"dataset {name!r}: give both mean and std, or neither (then both come from the data)")
     if cfg.mean is not None and cfg.std is not None:
-        return np.array(cfg.mean, np.float32), np.array(cfg.std, np.float32)
-    mean = train_images.mean(axis=(0, 1, 2), dtype=np.float64) / 255.0
-    std = train_images.std(axis=(0, 1, 2), dtype=np.float64) / 255.0
-    return mean.astype(np.float32), std.astype(np.float32)
+        mean, std = np.array(cfg.mean, np.float32), np.array(cfg.std, np.float32)
+        if len(mean) != channels or len(std) != channels:
+            raise SimudyError(f"dataset {name!r}: mean and std need one value per channel of the images "
+                              f"({channels}), got {len(mean)} and {len(std)}")
+    else:
+        mean = (train_images.mean(axis=(0, 1, 2), dtype=np.float64) / 255.0).astype(np.float32)
+        std = (train_images.std(axis=(0, 1, 2), dtype=np.float64) / 255.0).astype(np.float32)
+    if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+        shown = " and ".join(f"{k} [{', '.join(f'{v:.4g}' for v in a)}]" for k, a in (("mean", mean), ("std", std)))
+        raise SimudyError(f"dataset {name!r}: normalisation {shown}: std must be positive and both finite "
+                          "(constant images? give mean and std in the registry)")
+    return mean, std
 
 
 def _read_digits():
@@ -329,60 +464,266 @@ def _unpack_cifar10(path: Path, md5: str) -> dict[str, RawSplit]:
     return out
 
 
-def _read_imagefolder(path: Path) -> dict[str, RawSplit]:
+def _read_imagefolder(path: Path, cfg: DatasetConfig) -> dict[str, RawSplit]:
     """Read `<root>/{train,test}/<class>/<file>` from a directory or a zip (root may be nested)."""
-    if not path.exists():
-        raise SimudyError(f"{path}: image folder not found")
-    files: dict[str, dict[str, list[str]]] = {s: {} for s in SPLITS}  # split -> class -> files
-    for rel in _list_folder(path):
-        parts = PurePosixPath(rel).parts
-        if len(parts) >= 3 and parts[-3] in SPLITS and PurePosixPath(rel).suffix.lower() in IMAGE_SUFFIXES:
-            files[parts[-3]].setdefault(parts[-2], []).append(rel)
-    classes = sorted(set().union(*files.values()))
+    with (_Folder(path, cfg.max_image_bytes) if path.is_dir() else _Zip(path, cfg.max_image_bytes)) as archive:
+        files = _layout(path, archive.entries())
+        classes = sorted(files["train"])
+        rows = {split: _rows(by_class, classes) for split, by_class in files.items()}
+        names = [rel for split in SPLITS for _, _, rel in rows[split]]
+        shape = _survey(archive, names, cfg)
+        images = _decode_all(archive, names, shape, cfg.max_image_pixels)
+    out, start = {}, 0
+    for split in SPLITS:
+        end = start + len(rows[split])
+        labels = np.array([ci for _, ci, _ in rows[split]], np.int64)
+        ids = np.array([rel for _, _, rel in rows[split]])
+        out[split] = RawSplit(images[start:end], labels, classes, ids, {"source": "imagefolder", "origin": str(path)})
+        start = end
+    return out
+
+
+def _rows(by_class: dict[str, list[str]], classes: list[str]) -> list[tuple[int, int, str]]:
+    """(rank within class, class index, entry) in dataset order: every prefix stays balanced."""
+    return sorted((rank, ci, rel) for ci, c in enumerate(classes) for rank, rel in enumerate(sorted(by_class[c])))
+
+
+# -- image folders: entries and layout --------------------------------------------------------
+
+
+class _Archive:
+    """A directory or zip of images: its entries, and each file read with a size limit."""
+
+    def __init__(self, path: Path, max_bytes: int):
+        self.path, self.max_bytes = path, max_bytes
+
+    def __enter__(self) -> _Archive:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        pass
+
+    def _check_size(self, name: str, size: int) -> None:
+        if size > self.max_bytes:
+            raise SimudyError(f"{self.path}: {name!r}: larger than max_image_bytes ({self.max_bytes} bytes); "
+                              "raise the dataset's max_image_bytes in the registry if the file is genuine")
+
+
+class _Folder(_Archive):
+    def entries(self) -> list[tuple[str, bool]]:
+        """(path relative to the folder, is a directory) for everything in it."""
+        out = []
+        for dirpath, dirnames, filenames in _walk(self.path):
+            rel = PurePosixPath(Path(dirpath).relative_to(self.path).as_posix())
+            out += [((rel / d).as_posix(), True) for d in dirnames]
+            out += [((rel / f).as_posix(), False) for f in filenames]
+        return out
+
+    def read(self, name: str) -> bytes:
+        try:
+            self._check_size(name, (self.path / name).stat().st_size)
+            with open(self.path / name, "rb") as fh:
+                data = fh.read(self.max_bytes + 1)
+        except OSError as err:
+            raise SimudyError(f"{self.path}: {name!r}: cannot read it ({err.strerror})") from None
+        self._check_size(name, len(data))
+        return data
+
+
+class _Zip(_Archive):
+    def __init__(self, path: Path, max_bytes: int):
+        super().__init__(path, max_bytes)
+        try:
+            self._zip = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as err:
+            raise SimudyError(f"{path}: neither a directory nor a readable .zip ({err})") from None
+        self._infos: dict[str, zipfile.ZipInfo] = {}
+        for info in self._zip.infolist():
+            if info.filename in self._infos:  # the zip would hand out only one of them
+                self._zip.close()
+                raise SimudyError(f"{path}: {info.filename!r}: the zip holds two entries of this name")
+            self._infos[info.filename] = info
+
+    def close(self) -> None:
+        self._zip.close()
+
+    def entries(self) -> list[tuple[str, bool]]:
+        return [(name, info.is_dir()) for name, info in self._infos.items()]
+
+    def read(self, name: str) -> bytes:
+        info = self._infos[name]
+        self._check_size(name, info.file_size)
+        if info.flag_bits & 0x1:
+            raise SimudyError(f"{self.path}: {name!r}: encrypted (password-protected); zip the images without one")
+        try:
+            with self._zip.open(info) as fh:
+                data = fh.read(self.max_bytes + 1)  # the header's size may lie
+        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError, ValueError,
+                zlib.error) as err:
+            raise SimudyError(f"{self.path}: {name!r}: cannot read it from the zip ({err})") from None
+        self._check_size(name, len(data))
+        return data
+
+
+def _walk(path: Path):
+    """os.walk following links, each directory once (a link to an ancestor would loop), and
+    failing on an unreadable directory rather than skipping it."""
+
+    def fail(err: OSError):
+        raise SimudyError(f"{err.filename}: cannot list the directory ({err.strerror})")
+
+    seen = set()
+    for dirpath, dirnames, filenames in os.walk(path, onerror=fail, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        yield dirpath, dirnames, filenames
+
+
+def _layout(path: Path, entries: list[tuple[str, bool]]) -> dict[str, dict[str, list[str]]]:
+    """split -> class -> entries of its images, for every class folder (empty ones too)."""
+    images, folders = [], set()
+    for name, is_dir in entries:
+        parts = _entry_parts(path, name)
+        if parts is None:
+            continue
+        folders.add(parts if is_dir else parts[:-1])
+        if not is_dir and PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES:
+            images.append((name, parts))
+    root = _root(path, images)
+    depth, where = len(root), "".join(f"{p}/" for p in root)
+    files: dict[str, dict[str, list[str]]] = {s: {} for s in SPLITS}
+    for parts in folders:
+        if len(parts) > depth + 1 and parts[:depth] == root and parts[depth] in SPLITS:
+            for by_class in files.values():
+                by_class.setdefault(parts[depth + 1], [])
+    for name, parts in images:
+        if len(parts) != depth + 3 or parts[:depth] != root or parts[depth] not in SPLITS:
+            raise SimudyError(f"{path}: {name!r}: an image outside {where}{{train,test}}/<class>/<file>; "
+                              "move or remove it")
+        files[parts[depth]][parts[depth + 1]].append(name)
+    _check_classes(path, where, files)
+    return files
+
+
+def _entry_parts(path: Path, name: str) -> tuple[str, ...] | None:
+    """The parts of an entry's path; None for hidden and macOS metadata entries, which are ignored."""
+    parts = PurePosixPath(name).parts
+    if "\\" in name or name.startswith("/") or ".." in parts or re.match(r"[A-Za-z]:", name):
+        raise SimudyError(f"{path}: {name!r}: an entry path that is absolute or leaves the archive's root "
+                          "(backslash, drive or '..'); refusing it")
+    if any(p.startswith(".") or p == "__MACOSX" for p in parts):
+        return None
+    return parts
+
+
+def _root(path: Path, images: list[tuple[str, tuple[str, ...]]]) -> tuple[str, ...]:
+    """The one folder holding train/ and test/."""
+    roots: dict[tuple[str, ...], str] = {}
+    for name, parts in images:
+        if len(parts) >= 3 and parts[-3] in SPLITS:
+            roots.setdefault(parts[:-3], name)
+    if not roots:
+        raise SimudyError(f"{path}: no images at <root>/{{train,test}}/<class>/<file>")
+    if len(roots) > 1:
+        first, second = list(roots.values())[:2]
+        raise SimudyError(f"{path}: images under two roots, e.g. {first!r} and {second!r}; expected one "
+                          "<root>/{train,test}/<class>/")
+    return next(iter(roots))
+
+
+def _check_classes(path: Path, where: str, files: dict[str, dict[str, list[str]]]) -> None:
+    empty = sorted(c for c in files["train"] if not any(files[s][c] for s in SPLITS))
+    if empty:
+        raise SimudyError(f"{path}: class folder(s) {empty} hold no images in {where}train/ or {where}test/; "
+                          "add images or remove the folders")
     for split, by_class in files.items():
-        if not by_class:
-            raise SimudyError(f"{path}: no images under {split}/<class>/ (expected <root>/{{train,test}}/<class>/)")
-        missing = sorted(set(classes) - set(by_class))
+        if not any(by_class.values()):
+            raise SimudyError(f"{path}: no images under {where}{split}/<class>/")
+        missing = sorted(c for c, names in by_class.items() if not names)
         if missing:
             raise SimudyError(f"{path}: split {split!r} has no images for class(es) {missing}")
-    return {split: _folder_split(path, by_class, classes) for split, by_class in files.items()}
 
 
-def _folder_split(path: Path, by_class: dict[str, list[str]], classes: list[str]) -> RawSplit:
-    rows = sorted(  # (rank within class, class index, path): every prefix stays balanced
-        (rank, ci, rel) for ci, c in enumerate(classes) for rank, rel in enumerate(sorted(by_class[c]))
-    )
-    images = _decode_all(path, [r[2] for r in rows])
-    labels = np.array([r[1] for r in rows], np.int64)
-    provenance = {"source": "imagefolder", "origin": str(path)}
-    return RawSplit(images, labels, classes, np.array([r[2] for r in rows]), provenance)
+# -- image folders: decoding ------------------------------------------------------------------
 
 
-def _list_folder(path: Path) -> list[str]:
-    if path.is_dir():
-        return [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
+def _survey(archive: _Archive, names: list[str], cfg: DatasetConfig) -> tuple[int, int, int]:
+    """(H, W, C) of the dataset from every image's header, before anything is decoded: one size
+    for all, and C = cfg.channels, else 1 if every image is greyscale and 3 otherwise."""
+    first_of_size: dict[tuple[int, int], str] = {}
+    grey = True
+    for name in names:
+        with _open_image(archive, name, cfg.max_image_pixels) as im:
+            first_of_size.setdefault(im.size, name)
+            grey = grey and _is_grey(im.mode)
+    if len(first_of_size) > 1:
+        shown = ", ".join(f"{name!r} is {w}x{h}" for (w, h), name in list(first_of_size.items())[:3])
+        raise SimudyError(f"{archive.path}: images differ in size (width x height: {shown}; "
+                          f"{len(first_of_size)} sizes in all); resize them to one size first")
+    (w, h), = first_of_size
+    return h, w, cfg.channels or (1 if grey else 3)
+
+
+def _decode_all(archive: _Archive, names: list[str], shape: tuple[int, int, int], max_pixels: int) -> np.ndarray:
+    images = np.empty((len(names), *shape), np.uint8)
+    for i, name in enumerate(names):
+        with _open_image(archive, name, max_pixels) as im:
+            try:
+                pixels = _pixels(im, shape[2])
+            except Exception as err:  # Pillow raises many exception types for damaged image data
+                raise SimudyError(f"{archive.path}: {name!r}: cannot decode the image ({err})") from None
+        if pixels.shape != shape:
+            raise SimudyError(f"{archive.path}: {name!r}: decoded to {pixels.shape}, expected {shape}")
+        images[i] = pixels
+    return images
+
+
+def _open_image(archive: _Archive, name: str, max_pixels: int):
+    """The image opened lazily (header only), refused before decoding if it has too many pixels."""
+    from PIL import Image, UnidentifiedImageError
+
+    where = f"{archive.path}: {name!r}"
+    data = archive.read(name)
     try:
-        with zipfile.ZipFile(path) as zf:
-            return [n for n in zf.namelist() if not n.endswith("/")]
-    except zipfile.BadZipFile:
-        raise SimudyError(f"{path}: neither a directory nor a readable .zip") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise SimudyError(f"{where}: not an image file that Pillow can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise SimudyError(f"{where}: too many pixels (Pillow's decompression bomb limit)") from None
+    except Exception as err:  # Pillow raises many exception types for damaged headers
+        raise SimudyError(f"{where}: cannot read the image header ({err})") from None
+    w, h = im.size
+    if w * h > max_pixels:
+        raise SimudyError(f"{where}: {w}x{h} pixels, more than max_image_pixels ({max_pixels}); raise the "
+                          "dataset's max_image_pixels in the registry if the image is genuine")
+    if im.mode == "F":
+        raise SimudyError(f"{where}: floating-point pixels (mode F); convert the image to 8 or 16 bits")
+    return im
 
 
-def _decode_all(path: Path, rels: list[str]) -> np.ndarray:
-    from PIL import Image
+def _is_grey(mode: str) -> bool:
+    return mode in GREY_MODES or mode.startswith("I")
 
-    def decode(data: bytes, rel: str) -> np.ndarray:
-        try:
-            return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-        except OSError as err:
-            raise SimudyError(f"{path}: cannot decode image {rel} ({err})") from None
 
-    if path.is_dir():
-        arrays = [decode((path / rel).read_bytes(), rel) for rel in rels]
+def _pixels(im, channels: int) -> np.ndarray:
+    """[H, W, channels] uint8: greyscale repeated into RGB, or colour reduced to luma, as asked."""
+    if im.mode.startswith("I"):  # 16-bit greyscale (PNG, TIFF, PGM): 0..65535 onto 0..255
+        wide = np.asarray(im).astype(np.int64)
+        if wide.min() < 0 or wide.max() > 65535:
+            raise ValueError(f"integer pixels outside 0..65535 in mode {im.mode}")
+        grey = ((wide * 255 + 32767) // 65535).astype(np.uint8)
+    elif _is_grey(im.mode):
+        grey = np.asarray(im.convert("L"))
+    elif channels == 1:
+        grey = np.asarray(im.convert("RGB").convert("L"))
     else:
-        with zipfile.ZipFile(path) as zf:
-            arrays = [decode(zf.read(rel), rel) for rel in rels]
-    shapes = {a.shape for a in arrays}
-    if len(shapes) != 1:
-        raise SimudyError(f"{path}: images differ in size {sorted(shapes)[:3]}; resize them first")
-    return np.stack(arrays)
+        return np.asarray(im.convert("RGB"))
+    return np.repeat(grey[..., None], channels, axis=2)

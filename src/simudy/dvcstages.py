@@ -9,6 +9,7 @@ metrics, the attacks' loss curves (DVC plots) and the tables."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ HEADER = """\
 # `dvc plots diff` compare commits. tests/test_dvc.py fails when this file is stale.
 """
 TARGETS = ["tables"]  # every experiment's report and the table; groups are added
-ORDER = ["fetch_data", "pretrain", "finetune_victim", "simulate_and_reconstruct", "pair_by_ssim", "report",
+ORDER = ["data_source", "fetch_data", "pretrain",
+         "finetune_victim", "simulate_and_reconstruct", "pair_by_ssim", "report",
          "table", "group_table"]
 
 
@@ -53,11 +55,14 @@ def stage(job: dict[str, Any], keys: list[str], registry: str) -> tuple[str, dic
     spec: dict[str, Any] = {
         # DVC's own lock serialises its stages, so Snakemake's is not taken: a killed `dvc repro`
         # leaves no stale Snakemake lock behind.
-        "cmd": f"snakemake --cores all --nolock --allowed-rules {rule} --forcerun {rule} -- {' '.join(outputs)}",
+        "cmd": f"snakemake --cores all --nolock --allowed-rules {rule} --forcerun {rule} -- "
+               + " ".join(map(shlex.quote, outputs)),
         "deps": job["input"],
     }
     if keys:
         spec["params"] = [{registry: keys}]
+    if rule == "data_source":  # it looks at a file outside the repository, which DVC cannot hash
+        spec["always_changed"] = True
     # persist: DVC must not delete outputs before the stage runs; Snakemake keeps them until the
     # job succeeds and restores them if it fails (see `cli` in workflow/rules/common.smk).
     outs, metrics, plots = [], [], []

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent
 # Entry modules of each CLI stage that a pipeline rule runs. A reconstruction adds its attack's
 # module (simudy.attacks.base.MODULES); the CLI itself only parses arguments and wires modules.
 ENTRY = {
+    "data_source": ["simudy.data"],
     "fetch_data": ["simudy.data"],
     "pretrain": ["simudy.train"],
     "finetune_victim": ["simudy.victim"],
@@ -118,7 +119,7 @@ def _present(raw: dict[str, Any], keys: list[str]) -> list[str]:
 def step_keys(raw: dict[str, Any], reg: Registry, rule: str, wildcards: dict[str, str]) -> list[str]:
     """The registry keys a rule's job reads, for the jobs DVC and Snakemake both track."""
     e, p = wildcards.get("experiment"), wildcards.get("profile")
-    if rule == "fetch_data":
+    if rule in ("data_source", "fetch_data"):
         keys = [f"datasets.{wildcards['dataset']}"]
     elif rule == "pretrain":
         keys = [f"experiments.{e}.dataset", f"datasets.{reg.experiments[e].dataset}", *_layers(reg, e, p, "init")]

@@ -6,6 +6,7 @@ The CIFAR ResNets follow the layout of the widely used pytorch-cifar code (`conv
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -29,6 +30,12 @@ def register(name: str) -> Callable[[Builder], Builder]:
 
 def available() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def options(arch: str) -> list[str]:
+    """The keyword settings a registered `arch` takes (its `model_kwargs`) besides the image
+    shape and the outputs."""
+    return sorted(set(inspect.signature(_REGISTRY[arch]).parameters) - {"image_shape", "num_classes"})
 
 
 def build_model(arch: str, image_shape: tuple[int, int, int], num_classes: int, **kwargs) -> nn.Module:

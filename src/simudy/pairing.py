@@ -27,6 +27,8 @@ from simudy.data import Dataset, load_dataset
 from simudy.errors import SimudyError
 from simudy.io import atomic_path, write_json
 
+SSIM_WINDOW = 7  # scikit-image's default window: the smallest image SSIM is defined on
+
 
 def channels_last(x) -> np.ndarray:
     """[N, C, H, W] tensor or array -> float64 [N, H, W, C] array."""
@@ -114,8 +116,13 @@ def evaluate(train_norm, recon_norm, mean, std) -> tuple[dict, pd.DataFrame]:
 
 def pair_files(victim_dir: str | Path, reconstruct_dir: str | Path, out_dir: str | Path) -> dict:
     """The pair-by-SSIM stage: write `metrics.json` (DVC metrics) and `pairs.csv`."""
-    truth = load_dataset(Path(victim_dir) / "truth.npz")
-    recon = load_weights(Path(reconstruct_dir) / "reconstruction.safetensors")["images"]
+    truth_path = Path(victim_dir) / "truth.npz"
+    truth = load_dataset(truth_path)
+    recon_path = Path(reconstruct_dir) / "reconstruction.safetensors"
+    recon = read_reconstruction(recon_path)
+    if recon.shape[1:] != truth.normalised()[:1].shape[1:]:
+        raise SimudyError(f"{recon_path}: images of shape {tuple(recon.shape[1:])}, but the training images in "
+                          f"{truth_path} are {truth.image_shape}")
     metrics, pairs = evaluate(truth.normalised(), recon, truth.mean, truth.std)
     pairs.insert(1, "source_id", truth.source_ids[pairs["train"]])
     pairs.insert(2, "label", [truth.class_names[i] for i in truth.labels[pairs["train"]]])
@@ -124,6 +131,21 @@ def pair_files(victim_dir: str | Path, reconstruct_dir: str | Path, out_dir: str
         pairs.to_csv(tmp, index=False, float_format="%.6f")
     write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def read_reconstruction(path: Path) -> torch.Tensor:
+    """The images of a reconstruction file: a float [N, C, H, W] tensor, N ≥ 1, all finite."""
+    state = load_weights(path)
+    if "images" not in state:
+        raise SimudyError(f"{path}: holds no 'images' tensor (it has {sorted(state)[:5]})")
+    images = state["images"]
+    if not images.is_floating_point() or images.ndim != 4 or len(images) == 0:
+        raise SimudyError(f"{path}: 'images' must be a non-empty float tensor [N, C, H, W], "
+                          f"got {str(images.dtype).removeprefix('torch.')} {list(images.shape)}")
+    if min(images.shape[2:]) < SSIM_WINDOW:
+        raise SimudyError(f"{path}: images of {list(images.shape[2:])} pixels; SSIM needs at least "
+                          f"{SSIM_WINDOW}×{SSIM_WINDOW}")
+    return images
 
 
 def progress_monitor(truth: Dataset) -> Callable[[torch.Tensor], dict[str, float]]:

@@ -7,10 +7,12 @@ itself never sees them."""
 from __future__ import annotations
 
 import csv
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 
+from simudy import runstate
 from simudy.attacks import ThreatModel, get_attack
 from simudy.attacks.base import Monitor
 from simudy.checkpoints import save_weights
@@ -30,17 +32,25 @@ def run_attack(attack_cfg: AnyAttack, threat: ThreatConfig, method: str, victim_
     victim = load_victim(victim_dir)
     attack = get_attack(attack_cfg)
     result = attack.run(victim, ThreatModel.from_victim(victim, threat), Path(work_dir), monitor)
-    out_dir = Path(out_dir)
     rows = result.info.pop("loss_rows")
-    with atomic_path(out_dir / "loss.csv") as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["step"])
-        writer.writeheader()
-        writer.writerows(rows)
     tensors = {"images": result.images}
     if result.labels is not None:
         tensors["labels"] = result.labels
-    save_weights(out_dir / "reconstruction.safetensors", tensors)
     info = {"method": method, "attack": attack.name, **result.info, "threads": torch.get_num_threads(),
             "seconds_per_step": result.info["seconds"] / max(1, result.info["steps"])}
-    write_json(out_dir / "run.json", info)
+    _write_outputs(Path(out_dir), rows, tensors, info)
+    runstate.discard(work_dir)
     return info
+
+
+def _write_outputs(out_dir: Path, rows: list[dict], tensors: dict[str, torch.Tensor], info: dict) -> None:
+    """All three outputs, or none: each is written in full before any is moved into place."""
+    with ExitStack() as stack:
+        loss, images, run = (stack.enter_context(atomic_path(out_dir / name))
+                             for name in ("loss.csv", "reconstruction.safetensors", "run.json"))
+        with open(loss, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["step"])
+            writer.writeheader()
+            writer.writerows(rows)
+        save_weights(images, tensors)
+        write_json(run, info)

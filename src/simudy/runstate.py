@@ -4,8 +4,9 @@ bit-for-bit where an uninterrupted one would.
 A work directory holds `resume.safetensors` (the optimised tensors, the optimiser's state and
 the step), `loss.partial.csv` (one row per step up to the snapshot) and `snapshots/` (the
 images every N steps, for plots of the reconstruction over time). A fingerprint of the
-configuration and the victim guards against resuming a different run; a finished run drops its
-resume state, so that running it again recomputes.
+configuration and the victim guards against resuming a different run. The resume state outlives
+the end of the optimisation until the stage's outputs are written (`discard`): a stage that
+fails to write them (a full disk) resumes at its last step instead of recomputing.
 """
 
 from __future__ import annotations
@@ -87,12 +88,6 @@ class RunDir:
         meta = {"fingerprint": self.fingerprint, "step": str(state.step), "seconds": repr(state.seconds)}
         save_weights(self.path / STATE_FILE, state.tensors, metadata=meta)
 
-    def finish(self) -> list[dict]:
-        """The run is complete: drop the resume state (a rerun starts afresh) and return the
-        loss log. The log and the image snapshots stay for plots."""
-        (self.path / STATE_FILE).unlink(missing_ok=True)
-        return self.rows()
-
     def _clear(self) -> None:
         (self.path / STATE_FILE).unlink(missing_ok=True)
         (self.path / LOG_FILE).unlink(missing_ok=True)
@@ -111,3 +106,9 @@ class RunDir:
             w = csv.DictWriter(fh, fieldnames=self.columns)
             w.writeheader()
             w.writerows(kept)
+
+
+def discard(workdir: str | Path) -> None:
+    """The run's outputs are written: drop its resume state, so that running it again recomputes.
+    The loss log and the image snapshots stay for plots."""
+    (Path(workdir) / STATE_FILE).unlink(missing_ok=True)

@@ -5,18 +5,26 @@ A victim directory holds
     theta0.safetensors   initial parameters (and BatchNorm buffers)
     thetaf.safetensors   final parameters
     victim.json          architecture, image shape, classes, normalisation, training
-                         hyper-parameters, subset indices and seeds
+                         hyper-parameters, subset indices and seeds (`VictimMeta`)
     truth.npz            the training subset, in the canonical dataset format (evaluation only)
 
-To attack your own model, write these files yourself: `truth.npz` is needed only for scoring.
+`victim.json` is written and read through `VictimMeta`: every problem in it is one error naming
+the file and the dotted key. To attack your own model, `simudy import-victim` and
+`simudy describe-victim` (simudy.describe) write the bundle; `truth.npz` is needed only for scoring.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from torch import nn
 
 from simudy.checkpoints import State, check_compatible, load_into, load_weights, save_weights
@@ -24,10 +32,279 @@ from simudy.config import ExperimentConfig
 from simudy.data import Dataset, load_dataset, save_dataset, select_subset
 from simudy.errors import SimudyError
 from simudy.io import read_json, write_json
-from simudy.models import build_model, centre_on, flatten
+from simudy.losses import LossKind
+from simudy.models import available, build_model, centre_on, flatten, options
 from simudy.train import finetune
 
+log = logging.getLogger(__name__)
+
 META_SCHEMA = 1
+# The largest model simudy takes: 0.8 GB per copy of θ in float32, and an attack holds several.
+MAX_PARAMETERS = 200_000_000
+# The most pixel values the dummy images may hold (n_images × C × H × W; 8 GiB in float32).
+MAX_IMAGE_VALUES = 2**31
+MAX_SIDE = 4096  # pixels (or channels) along one image axis
+MAX_WIDTH = 1_000_000  # one layer's width: far beyond MAX_PARAMETERS already, keeps size estimates exact
+MAX_LAYERS = 256
+
+
+# -- victim.json ------------------------------------------------------------------------------
+
+
+def _must(description: str) -> WrapValidator:
+    """Replace pydantic's wording for a value by one clause saying what it must be."""
+
+    def check(value: Any, handler):
+        try:
+            return handler(value)
+        except ValidationError:
+            raise PydanticCustomError("value", f"must be {description}") from None
+
+    return WrapValidator(check)
+
+
+def _int(low: int, high: int | None = None) -> Any:
+    bounds = f"from {low} to {high}" if high is not None else f">= {low}"
+    return Annotated[int, Field(ge=low, le=high), _must(f"an integer {bounds}")]
+
+
+Count = _int(1)
+Index = _int(0)
+Width = _int(1, MAX_WIDTH)
+Side = _int(1, MAX_SIDE)
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False), _must("a finite number > 0")]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False), _must("a finite number >= 0")]
+Numbers = Annotated[list[Annotated[float, Field(allow_inf_nan=False)]], _must("a list of finite numbers")]
+PositiveNumbers = Annotated[list[PositiveFloat], _must("a list of finite numbers > 0")]
+Schema = Annotated[int, Field(ge=META_SCHEMA, le=META_SCHEMA), _must(f"{META_SCHEMA}, the version this simudy reads")]
+ImageShape = Annotated[list[Side], Field(min_length=3, max_length=3),
+                       _must(f"three integers [C, H, W], each from 1 to {MAX_SIDE}")]
+
+
+class _Meta(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class TrainingMeta(_Meta):
+    """How the victim was trained. The attacks read epochs, batch_size, lr and loss; SimuDy
+    simulates plain SGD in eval mode over the images in their order, which the rest records."""
+
+    epochs: Count
+    batch_size: Count
+    lr: PositiveFloat
+    loss: LossKind = "cross_entropy"
+    optimizer: Literal["sgd"] = "sgd"
+    momentum: NonNegativeFloat = 0.0
+    weight_decay: NonNegativeFloat = 0.0
+    shuffle: bool = False
+    model_mode: Literal["eval", "train"] = "eval"
+
+
+class SubsetMeta(_Meta):
+    """Which images of a registry dataset the pipeline's victim trained on."""
+
+    dataset: str
+    split: str
+    per_class: Index
+    offset: Index
+    indices: list[Index]
+    source_ids: list[str]
+
+
+class ModelKwargs(BaseModel):
+    """The architectures' settings, typed; which of them an architecture takes is its builder's
+    signature (`models.options`), checked in `VictimMeta`."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+    hidden: Annotated[list[Width], Field(max_length=MAX_LAYERS),
+                      _must(f"a list of at most {MAX_LAYERS} widths, each from 1 to {MAX_WIDTH}")] | None = None
+    width: Width | None = None
+    bias: Annotated[bool | Literal["first"], _must('true, false or "first"')] | None = None
+    centred: bool | None = None
+
+
+class VictimMeta(_Meta):
+    """`victim.json`. Optional: what a victim trained outside the pipeline may not know
+    (num_outputs defaults to num_classes; class names, subset, init and losses are records)."""
+
+    schema_: Schema = Field(default=META_SCHEMA, alias="schema")
+    arch: str
+    model_kwargs: ModelKwargs = ModelKwargs()
+    image_shape: ImageShape
+    num_classes: _int(2, 100_000)
+    num_outputs: Count | None = None
+    class_names: list[str] | None = None
+    mean: Numbers
+    std: PositiveNumbers
+    n_images: _int(1, 1_000_000)
+    training: TrainingMeta
+    subset: SubsetMeta | None = None
+    init: dict[str, Any] | None = None
+    epoch_losses: list[float] | None = None
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        if arch not in available():
+            raise PydanticCustomError("value", "{problem}", {"problem": f"unknown; known: {available()}"})
+        return arch
+
+    @property
+    def outputs(self) -> int:
+        return self.num_outputs or self.num_classes
+
+    def kwargs(self) -> dict[str, Any]:
+        return self.model_kwargs.model_dump(exclude_unset=True)
+
+    def dump(self) -> dict[str, Any]:
+        """As written to victim.json: the keys that were given, nothing filled in but the schema."""
+        return {"schema": self.schema_, **self.model_dump(by_alias=True, exclude_unset=True)}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> VictimMeta:
+        channels = self.image_shape[0]
+        for key in ("mean", "std"):
+            if len(getattr(self, key)) != channels:
+                raise _problem(key, f"{len(getattr(self, key))} value(s) for the {channels} channel(s) of image_shape")
+        if self.outputs != self.num_classes and not (self.outputs == 1 and self.num_classes == 2):
+            raise _problem("num_outputs", f"must be num_classes ({self.num_classes}), or 1 for a two-class "
+                                          f"logistic model (got {self.outputs})")
+        if (self.outputs == 1) != (self.training.loss == "logistic"):
+            raise _problem("training.loss", f"a model with {self.outputs} output(s) cannot train with "
+                                            f"{self.training.loss!r}: one output goes with 'logistic', more with "
+                                            "'cross_entropy'")
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise _problem("class_names", f"{len(self.class_names)} names for num_classes {self.num_classes}")
+        if self.subset is not None:
+            for key in ("indices", "source_ids"):
+                if len(getattr(self.subset, key)) != self.n_images:
+                    raise _problem(f"subset.{key}", f"{len(getattr(self.subset, key))} entries for n_images "
+                                                    f"{self.n_images}")
+        values = self.n_images * math.prod(self.image_shape)
+        if values > MAX_IMAGE_VALUES:
+            raise _problem("n_images", f"{self.n_images} images of shape {self.image_shape} are {values:.3g} pixel "
+                                       f"values, more than an attack can hold ({MAX_IMAGE_VALUES:.3g})")
+        _check_architecture(self)
+        return self
+
+
+def _problem(key: str, problem: str) -> PydanticCustomError:
+    return PydanticCustomError("victim_meta", "{key}: {problem}", {"key": key, "problem": problem})
+
+
+def _check_architecture(meta: VictimMeta) -> None:
+    """Keyword settings the architecture takes, and a size the machine can hold (estimated on
+    the meta device, which allocates nothing)."""
+    kwargs, known = meta.kwargs(), options(meta.arch)
+    unknown = sorted(kwargs.keys() - set(known))
+    if unknown:
+        raise _problem(f"model_kwargs.{unknown[0]}", f"not a setting of {meta.arch!r}; its settings: {known}")
+    count = _parameter_count(meta, kwargs)
+    if count > MAX_PARAMETERS:
+        key = next((f"model_kwargs.{k}" for k in kwargs
+                    if _parameter_count(meta, {**kwargs, k: None}) <= MAX_PARAMETERS), "image_shape")
+        raise _problem(key, f"makes {meta.arch!r} a model of {count:.3g} parameters, more than simudy takes "
+                            f"({MAX_PARAMETERS:.3g})")
+
+
+def _parameter_count(meta: VictimMeta, kwargs: dict[str, Any]) -> int:
+    with torch.device("meta"):
+        model = build_model(meta.arch, meta.image_shape, meta.outputs, **kwargs)
+    return sum(p.numel() for p in model.parameters())
+
+
+class MetaError(SimudyError):
+    """Problems with a victim.json: (dotted key, or '' for the whole file; what is wrong)."""
+
+    def __init__(self, source: str | Path, problems: list[tuple[str, str]], limit: int = 3):
+        clauses = [f"{key}: {text}" if key else text for key, text in problems[:limit]]
+        more = f"; and {len(problems) - limit} more" if len(problems) > limit else ""
+        super().__init__(f"{source}: {'; '.join(clauses)}{more}")
+        self.problems = problems
+
+
+def read_meta(path: str | Path) -> tuple[dict, VictimMeta]:
+    """victim.json as written (what runs fingerprint) and validated."""
+    raw = load_json(path)
+    return raw, check_meta(raw, path)
+
+
+def load_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise SimudyError(f"{path}: file not found") from None
+    except UnicodeDecodeError:
+        raise SimudyError(f"{path}: not valid JSON (not UTF-8 text)") from None
+    except OSError as err:
+        raise SimudyError(f"{path}: cannot be read ({err.strerror})") from None
+    return parse_json(text, path)
+
+
+def parse_json(text: str, source: str | Path) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as err:  # ValueError: bad JSON, or an integer too long for Python
+        raise SimudyError(f"{source}: not valid JSON ({err})") from None
+
+
+def check_meta(raw: Any, source: str | Path) -> VictimMeta:
+    if not isinstance(raw, dict):
+        raise MetaError(source, [("", f"must be a JSON object of victim settings, got {_kind(raw)}")])
+    try:
+        return VictimMeta.model_validate(raw)
+    except ValidationError as err:
+        raise MetaError(source, [_explain(e) for e in err.errors()]) from None
+
+
+def _explain(error: dict) -> tuple[str, str]:
+    if error["type"] == "victim_meta":
+        return error["ctx"]["key"], error["ctx"]["problem"]
+    loc = tuple(str(part) for part in error["loc"])
+    if error["type"] == "missing":
+        return ".".join(loc), "missing"
+    if error["type"] == "extra_forbidden":
+        return ".".join(loc), f"unknown key; known: {_known_keys(loc[:-1])}"
+    if error["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        text = "must be a JSON object"
+    else:
+        text = error["msg"].replace("Input should", "should")
+    return ".".join(loc), f"{text} (got {_short(error['input'])})"
+
+
+def _known_keys(parent: tuple[str, ...]) -> list[str]:
+    model = {(): VictimMeta, ("training",): TrainingMeta, ("subset",): SubsetMeta}[parent]
+    return sorted(field.alias or name for name, field in model.model_fields.items())
+
+
+def _kind(value: Any) -> str:
+    kinds = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def warn_about_recipe(training: TrainingMeta, source: str | Path) -> list[str]:
+    """Log (and return) what of the recipe SimuDy's simulation leaves out: it is plain SGD in
+    eval mode over the images in their order."""
+    caveats = [f"training.{key} is {getattr(training, key)}" for key in ("momentum", "weight_decay")
+               if getattr(training, key)]
+    if training.shuffle:
+        caveats.append("training.shuffle is true")
+    if training.model_mode == "train":
+        caveats.append("training.model_mode is 'train'")
+    if caveats:
+        log.warning("%s: %s; SimuDy simulates plain SGD in eval mode over the images in order, so it may match "
+                    "this victim poorly", source, ", ".join(caveats))
+    return caveats
+
+
+# -- the bundle -------------------------------------------------------------------------------
 
 
 @dataclass
@@ -47,7 +324,7 @@ class Victim:
 
     @property
     def num_outputs(self) -> int:
-        return int(self.meta.get("num_outputs", self.num_classes))
+        return int(self.meta.get("num_outputs") or self.num_classes)
 
     @property
     def training(self) -> dict:
@@ -73,7 +350,7 @@ def make_victim(cfg: ExperimentConfig, dataset: str | Path, init_dir: str | Path
     centre_on(model, images, ds.std)  # part of θ0: the model's input map, not trained
     theta0 = {k: v.clone() for k, v in model.state_dict().items()}
     losses = finetune(model, images, torch.from_numpy(ds.labels[rows]), cfg.victim)
-    meta = _metadata(cfg, info, ds, rows, losses)
+    meta = check_meta(_metadata(cfg, info, ds, rows, losses), out_dir / "victim.json").dump()
     save_weights(out_dir / "theta0.safetensors", theta0)
     save_weights(out_dir / "thetaf.safetensors", model.state_dict())
     save_dataset(out_dir / "truth.npz", ds.take(rows))
@@ -103,16 +380,14 @@ def _metadata(cfg: ExperimentConfig, info: dict, ds: Dataset, rows, losses: list
 
 
 def build_from_meta(meta: dict) -> nn.Module:
-    outputs = meta.get("num_outputs", meta.get("num_classes"))
+    outputs = meta.get("num_outputs") or meta.get("num_classes")
     return build_model(meta["arch"], meta["image_shape"], outputs, **meta.get("model_kwargs", {}))
 
 
 def load_victim(victim_dir: str | Path) -> Victim:
     victim_dir = Path(victim_dir)
-    meta = read_json(victim_dir / "victim.json")
-    missing = [k for k in ("arch", "image_shape", "num_classes", "training") if k not in meta]
-    if missing:
-        raise SimudyError(f"{victim_dir / 'victim.json'}: missing field(s) {missing}")
+    meta, checked = read_meta(victim_dir / "victim.json")
+    warn_about_recipe(checked.training, victim_dir / "victim.json")
     p0, pf = victim_dir / "theta0.safetensors", victim_dir / "thetaf.safetensors"
     s0, sf = load_weights(p0), load_weights(pf)
     check_compatible(s0, sf, p0, pf)

@@ -27,8 +27,8 @@ rule ablation_run:
         f"{ABLATION}/benchmarks/{{run}}.tsv"
     shell:
         cli(
-            "ablation-run --registry {params.registry} --ablation {wildcards.ablation} --run {wildcards.run}"
-            " --victim-dir $(dirname {input.victim}) --out-dir $(dirname {output.run}) --work-dir {params.work}"
+            "ablation-run --registry {params.registry:q} --ablation {wildcards.ablation} --run {wildcards.run}"
+            " --victim-dir \"$(dirname {input.victim:q})\" --out-dir \"$(dirname {output.run:q})\" --work-dir {params.work:q}"
         )
 
 
@@ -49,8 +49,8 @@ rule ablation_table:
         f"{ABLATION}/logs/table.log",
     shell:
         cli(
-            "ablation-table --registry {params.registry} --ablation {wildcards.ablation}"
-            " --runs-root $(dirname {output.table}) --out-dir $(dirname {output.table})"
+            "ablation-table --registry {params.registry:q} --ablation {wildcards.ablation}"
+            " --runs-root \"$(dirname {output.table:q})\" --out-dir \"$(dirname {output.table:q})\""
         )
 
 

@@ -24,7 +24,7 @@ rule benchmark_suite:
     benchmark:
         f"{BENCH}/benchmark.tsv"
     shell:
-        cli("bench --settings {input.settings} --out-dir $(dirname {output.table})")
+        cli("bench --settings {input.settings:q} --out-dir \"$(dirname {output.table:q})\"")
 
 
 rule bench:
@@ -49,4 +49,4 @@ rule bench_precision:
     log:
         "results/bench/cpu/precision.log",
     shell:
-        cli("bench-precision --settings {input.settings} --out-dir $(dirname {output.table})")
+        cli("bench-precision --settings {input.settings:q} --out-dir \"$(dirname {output.table:q})\"")

@@ -1,4 +1,5 @@
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -8,13 +9,26 @@ import yaml
 SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 
-from simudy import lineage  # noqa: E402
-from simudy.config import load_registry  # noqa: E402
+from simudy import data, lineage  # noqa: E402
+from simudy.config import load_registry, parse_overrides  # noqa: E402
+from simudy.errors import SimudyError  # noqa: E402
+from snakemake.exceptions import WorkflowError  # noqa: E402
 
 REGISTRY = config["registry"]
 REG = load_registry(REGISTRY)
 RAW = yaml.safe_load(open(REGISTRY))
 PROFILE = config.get("profile") or REG.active_profile
+# `--config 'set=["reconstruct.attacks.simudy.steps=200"]'`: the CLI's --set, for every job that
+# reads an experiment's settings; validated here, before any job runs.
+SETS = config.get("set") or []
+try:
+    OVERRIDES = parse_overrides(SETS)
+    for _name, _entry in REG.experiments.items() if SETS else []:
+        if PROFILE in _entry.profiles:
+            REG.resolve(_name, PROFILE, OVERRIDES)
+except SimudyError as err:
+    raise WorkflowError(f"--config set: {err}") from None
+SET_ARGS = "".join(f" --set {shlex.quote(s)}" for s in SETS).replace("{", "{{").replace("}", "}}")
 ENV = "../envs/simudy.yaml"
 RUN = "results/{experiment}/{profile}"
 # Threads of the jobs that train or attack (torch follows OMP_NUM_THREADS, which Snakemake sets
@@ -22,7 +36,7 @@ RUN = "results/{experiment}/{profile}"
 HEAVY = 2
 
 
-def cli(args, outputs="{output}"):
+def cli(args, outputs="{output:q}"):
     """A rule's shell command: the simudy CLI, everything it prints going to the rule's log.
 
     Every output is flagged update(): Snakemake keeps it until the job succeeds and restores it
@@ -30,17 +44,20 @@ def cli(args, outputs="{output}"):
     Snakemake would then report as up to date (snakemake/snakemake#1978). The job first empties
     its outputs: a killed run leaves them empty and marked incomplete, which the next snakemake
     (rerun-incomplete, profiles/default) and the next dvc repro (hash changed) both redo."""
-    return f"truncate -s 0 {outputs} && PYTHONPATH={SRC} python -m simudy {args} > {{log}} 2>&1"
+    return f"truncate -s 0 {outputs} && PYTHONPATH={shlex.quote(SRC)} python -m simudy {args} > {{log:q}} 2>&1"
 
 
 def cfg(w):
-    return REG.resolve(w.experiment, w.profile)
+    return REG.resolve(w.experiment, w.profile, OVERRIDES)
 
 
 def tracked(step):
     """Params value: the registry entries that step's jobs read, as DVC tracks them."""
-    return lambda w: json.dumps(lineage.values(RAW, lineage.step_keys(RAW, REG, step, dict(w.items()))),
-                                sort_keys=True)
+    def value(w):
+        keys = lineage.values(RAW, lineage.step_keys(RAW, REG, step, dict(w.items())))
+        return json.dumps({**keys, "--set": SETS} if SETS else keys, sort_keys=True)
+
+    return value
 
 
 def code(step):

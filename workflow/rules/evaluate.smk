@@ -14,8 +14,8 @@ rule pair_by_ssim:
         f"{RUN}/benchmarks/pair_{{method}}.tsv"
     shell:
         cli(
-            "pair --victim-dir $(dirname {input.truth}) --reconstruct-dir $(dirname {input.images})"
-            " --out-dir $(dirname {output.metrics})"
+            "pair --victim-dir \"$(dirname {input.truth:q})\" --reconstruct-dir \"$(dirname {input.images:q})\""
+            " --out-dir \"$(dirname {output.metrics:q})\""
         )
 
 
@@ -47,10 +47,11 @@ rule report:
         f"{RUN}/logs/report.log",
     shell:
         cli(
-            "report --registry {params.registry} --experiment {wildcards.experiment} --profile {wildcards.profile}"
-            " --victim-dir $(dirname {input.truth}) --reconstruct-root {params.reconstruct_root}"
-            " --evaluate-root {params.evaluate_root} --out-dir $(dirname {output.rows}) --metrics-out {output.metrics}",
-            outputs="{output.rows} {output.figure} {output.loss} {output.metrics}",
+            "report --registry {params.registry:q} --experiment {wildcards.experiment} --profile {wildcards.profile}"
+            " --victim-dir \"$(dirname {input.truth:q})\" --reconstruct-root {params.reconstruct_root:q}"
+            " --evaluate-root {params.evaluate_root:q} --out-dir \"$(dirname {output.rows:q})\" --metrics-out {output.metrics:q}"
+            + SET_ARGS,
+            outputs="{output.rows:q} {output.figure:q} {output.loss:q} {output.metrics:q}",
         )
 
 
@@ -66,7 +67,7 @@ rule table:
     log:
         "results/logs/table_{profile}.log",
     shell:
-        cli("table --out {output} -- {input.rows}")
+        cli("table --out {output:q} -- {input.rows:q}")
 
 
 rule group_table:
@@ -78,10 +79,10 @@ rule group_table:
                       labels={"table": "{group}", "profile": "{profile}"})),
     params:
         tracked=tracked("group_table"),
-        methods=lambda w: " ".join(REG.groups[w.group].methods),
+        methods=lambda w: REG.groups[w.group].methods,
     conda:
         ENV
     log:
         "results/logs/{group}_{profile}.log",
     shell:
-        cli("table --out {output} --methods {params.methods} -- {input.rows}")
+        cli("table --out {output:q} --methods {params.methods:q} -- {input.rows:q}")

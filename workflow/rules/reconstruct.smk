@@ -25,7 +25,8 @@ rule simulate_and_reconstruct:
         f"{RUN}/benchmarks/reconstruct_{{method}}.tsv"
     shell:
         cli(
-            "reconstruct --registry {params.registry} --experiment {wildcards.experiment}"
-            " --profile {wildcards.profile} --method {wildcards.method} --victim-dir $(dirname {input.meta})"
-            " --out-dir $(dirname {output.images}) --work-dir {params.work}"
+            "reconstruct --registry {params.registry:q} --experiment {wildcards.experiment}"
+            " --profile {wildcards.profile} --method {wildcards.method} --victim-dir \"$(dirname {input.meta:q})\""
+            " --out-dir \"$(dirname {output.images:q})\" --work-dir {params.work:q}"
+            + SET_ARGS
         )

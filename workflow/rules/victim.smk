@@ -19,8 +19,9 @@ rule pretrain:
         f"{RUN}/benchmarks/pretrain.tsv"
     shell:
         cli(
-            "pretrain --registry {params.registry} --experiment {wildcards.experiment} --profile {wildcards.profile}"
-            " --data {input.data} --out-dir $(dirname {output.theta0})"
+            "pretrain --registry {params.registry:q} --experiment {wildcards.experiment} --profile {wildcards.profile}"
+            " --data {input.data:q} --out-dir \"$(dirname {output.theta0:q})\""
+            + SET_ARGS
         )
 
 
@@ -49,7 +50,8 @@ rule finetune_victim:
         f"{RUN}/benchmarks/finetune_victim.tsv"
     shell:
         cli(
-            "finetune-victim --registry {params.registry} --experiment {wildcards.experiment}"
-            " --profile {wildcards.profile} --data {input.data} --init-dir $(dirname {input.theta0})"
-            " --out-dir $(dirname {output.meta})"
+            "finetune-victim --registry {params.registry:q} --experiment {wildcards.experiment}"
+            " --profile {wildcards.profile} --data {input.data:q} --init-dir \"$(dirname {input.theta0:q})\""
+            " --out-dir \"$(dirname {output.meta:q})\""
+            + SET_ARGS
         )

@@ -97,7 +97,7 @@ class Attack(ABC):
 
     def requires(self) -> set[str]:
         """What the attack needs from the threat model (see GRANTS)."""
-        return set() if self.cfg.n_images else {"dataset_size"}
+        return set() if self.cfg.n_images is not None else {"dataset_size"}
 
     def check(self, threat: ThreatModel) -> None:
         missing = sorted(self.requires() - threat.granted)
@@ -106,7 +106,7 @@ class Attack(ABC):
                               "(configure the attack to do without, or grant it under reconstruct.threat)")
 
     def n_images(self, threat: ThreatModel) -> int:
-        return self.cfg.n_images or threat.n_images
+        return threat.n_images if self.cfg.n_images is None else self.cfg.n_images
 
     @abstractmethod
     def run(self, victim: Victim, threat: ThreatModel, workdir: Path, monitor: Monitor | None = None) -> Reconstruction:

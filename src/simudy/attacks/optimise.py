@@ -9,6 +9,7 @@ snapshot so that it ends bit-for-bit where an uninterrupted run would.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from abc import abstractmethod
 from pathlib import Path
@@ -18,6 +19,7 @@ from tqdm import tqdm
 
 from simudy.attacks.base import Attack, Monitor, Reconstruction, ThreatModel, released
 from simudy.devices import pick_device
+from simudy.errors import SimudyError
 from simudy.models import flatten
 from simudy.runstate import RunDir, RunState, fingerprint
 from simudy.victim import Victim
@@ -59,6 +61,7 @@ class IterativeAttack(Attack):
             t0 = time.perf_counter()
             row = self.step(step)
             seconds += time.perf_counter() - t0
+            self._check_finite(step, row, workdir)
             run.record({"step": step + 1, **row, "seconds": round(seconds, 4)})
             bar.set_postfix(loss=f"{row['loss']:.4g}", refresh=False)
             if (step + 1) % cfg.log_every == 0:
@@ -77,7 +80,7 @@ class IterativeAttack(Attack):
                          step + 1, cfg.steps)
                 break
         bar.close()
-        rows = run.finish()
+        rows = run.rows()
         done = int(rows[-1]["step"]) if rows else start
         info = {"steps": done, "planned_steps": cfg.steps, "seconds": seconds, "device": str(device),
                 "n_images": len(self.images()), "final_loss": float(rows[-1]["loss"]) if rows else None,
@@ -95,6 +98,16 @@ class IterativeAttack(Attack):
         self.optimizers: list[torch.optim.Optimizer] = []
         self.setup(victim, threat, device)
         return victim
+
+    def _check_finite(self, step: int, row: dict, workdir: Path) -> None:
+        """Stop at the first non-finite loss or image: every later step would only spread NaN,
+        and the snapshot on disk is the last good state."""
+        bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+        if not bad and torch.isfinite(self.images()).all():
+            return
+        what = f"{bad[0]} is {row[bad[0]]}" if bad else "the images hold NaN or infinite values"
+        raise SimudyError(f"{self.name}: {what} at step {step + 1}; the optimisation diverged (lower its lr or "
+                          f"init_scale). The last good snapshot stays in {workdir}")
 
     def _capture(self) -> dict[str, torch.Tensor]:
         out = {f"tensor.{k}": v.detach().cpu() for k, v in self.tensors.items()}

@@ -57,8 +57,8 @@ class SimuDy(IterativeAttack):
         clip = step < cfg.clip_fraction * cfg.steps
         return TrainingPlan(
             epochs=cfg.sim_epochs,
-            batch_size=cfg.sim_batch_size or hp.batch_size,
-            lr=cfg.sim_lr or hp.lr,
+            batch_size=hp.batch_size if cfg.sim_batch_size is None else cfg.sim_batch_size,
+            lr=hp.lr if cfg.sim_lr is None else cfg.sim_lr,
             clip_max_norm=cfg.clip_max_norm if clip else None,
             clip_to_norm=cfg.clip_to_norm if clip else None,
             loss=self.threat.loss_kind(),
