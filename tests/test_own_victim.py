@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 torch.manual_seed(0)
-data = torch.load("train.pt")
+data = torch.load("train.pt", weights_only=True)
 x = ((data["images"].float() / 255 - 0.3) / 0.37)[:, None]  # [N, 1, 8, 8], normalised
 y = data["labels"]
 
@@ -282,7 +282,7 @@ def _evil(d):
 
 
 def _other_shape(d):
-    state = torch.load(d / "after.pt")
+    state = torch.load(d / "after.pt", weights_only=True)
     state["out.bias"] = torch.zeros(3)
     torch.save(state, d / "other.pt")
     return "before.pt", "other.pt"
@@ -320,6 +320,6 @@ def test_import_victim_refuses(tmp_path, trained, monkeypatch, capsys, setup, me
 
 def test_imported_checkpoints_are_the_trained_ones(tmp_path, trained):
     import_victim(trained / "before.pt", trained / "after.pt", tmp_path / "v")
-    after = torch.load(trained / "after.pt")
+    after = torch.load(trained / "after.pt", weights_only=True)
     imported = load_weights(tmp_path / "v/thetaf.safetensors")
     assert imported.keys() == after.keys() and all(torch.equal(imported[k], after[k]) for k in after)
