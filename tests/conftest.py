@@ -5,12 +5,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import os
+
 import pytest
 import torch
+from hypothesis import settings
 
 from simudy import cli
 
 ROOT = Path(__file__).resolve().parents[1]
+# CI runs the property tests on a fixed sequence of examples, so that a verdict is the code's and not
+# the draw's; `make test` draws fresh ones each run (set HYPOTHESIS_PROFILE=ci to replay CI's).
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
 PIPELINE_FILES = ["Snakefile", "workflow", "params", "profiles", "dvc.yaml", "environment.yml", "bench", "src"]
 
 

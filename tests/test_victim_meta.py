@@ -118,6 +118,15 @@ def test_several_problems_in_one_message():
     assert "\n" not in message and "n_images: must be" in message and "training.lr: must be" in message
 
 
+@pytest.mark.parametrize("section", ["model_kwargs", "training"])
+def test_a_key_that_is_not_plain_text_is_quoted_and_keeps_the_message_on_one_line(section):
+    raw = copy.deepcopy(PIPELINE)
+    raw[section]["\nbad"] = 1
+    with pytest.raises(SimudyError) as err:
+        check_meta(raw, SOURCE)
+    assert f"{section}.'\\nbad': " in str(err.value) and "\n" not in str(err.value)
+
+
 def test_recipe_the_simulation_leaves_out_is_warned_about(demo_victim, tmp_path, caplog):
     victim = tmp_path / "victim"
     shutil.copytree(demo_victim, victim)

@@ -20,7 +20,7 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from simudy.errors import SimudyError
+from simudy.errors import SimudyError, dotted, short
 
 SECTIONS = ("init", "victim", "reconstruct", "evaluate")
 DEFAULT_REGISTRY = Path("params/experiments.yaml")
@@ -473,9 +473,9 @@ def _format(err: ValidationError, limit: int = 3) -> str:
     (only where it is a value: a whole section would bury the message)."""
     parts = []
     for e in err.errors()[:limit]:
-        where = ".".join(str(p) for p in _without_tag(e["loc"]))
+        where = dotted(_without_tag(e["loc"]))
         value = e.get("input")
-        got = "" if isinstance(value, (dict, list)) else f" (got {_short(value)})"
+        got = "" if isinstance(value, (dict, list)) else f" (got {short(value)})"
         parts.append(f"{where + ': ' if where else ''}{e['msg'].removeprefix('Value error, ')}{got}")
     more = err.error_count() - limit
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
@@ -488,11 +488,6 @@ def _without_tag(loc: tuple) -> tuple:
         if tag < len(loc) - 1 and loc[tag] in ATTACK_KINDS:
             return loc[:tag] + loc[tag + 1:]
     return loc
-
-
-def _short(value: Any, width: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

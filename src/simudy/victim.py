@@ -30,7 +30,7 @@ from torch import nn
 from simudy.checkpoints import State, check_compatible, load_into, load_weights, save_weights
 from simudy.config import ExperimentConfig
 from simudy.data import Dataset, load_dataset, save_dataset, select_subset
-from simudy.errors import SimudyError
+from simudy.errors import SimudyError, dotted, short
 from simudy.io import read_json, write_json
 from simudy.losses import LossKind
 from simudy.models import available, build_model, centre_on, flatten, options
@@ -199,10 +199,10 @@ def _check_architecture(meta: VictimMeta) -> None:
     kwargs, known = meta.kwargs(), options(meta.arch)
     unknown = sorted(kwargs.keys() - set(known))
     if unknown:
-        raise _problem(f"model_kwargs.{unknown[0]}", f"not a setting of {meta.arch!r}; its settings: {known}")
+        raise _problem(dotted(("model_kwargs", unknown[0])), f"not a setting of {meta.arch!r}; its settings: {known}")
     count = _parameter_count(meta, kwargs)
     if count > MAX_PARAMETERS:
-        key = next((f"model_kwargs.{k}" for k in kwargs
+        key = next((dotted(("model_kwargs", k)) for k in kwargs
                     if _parameter_count(meta, {**kwargs, k: None}) <= MAX_PARAMETERS), "image_shape")
         raise _problem(key, f"makes {meta.arch!r} a model of {count:.3g} parameters, more than simudy takes "
                             f"({MAX_PARAMETERS:.3g})")
@@ -264,14 +264,14 @@ def _explain(error: dict) -> tuple[str, str]:
         return error["ctx"]["key"], error["ctx"]["problem"]
     loc = tuple(str(part) for part in error["loc"])
     if error["type"] == "missing":
-        return ".".join(loc), "missing"
+        return dotted(loc), "missing"
     if error["type"] == "extra_forbidden":
-        return ".".join(loc), f"unknown key; known: {_known_keys(loc[:-1])}"
+        return dotted(loc), f"unknown key; known: {_known_keys(loc[:-1])}"
     if error["type"] in ("model_type", "model_attributes_type", "dict_type"):
         text = "must be a JSON object"
     else:
         text = error["msg"].replace("Input should", "should")
-    return ".".join(loc), f"{text} (got {_short(error['input'])})"
+    return dotted(loc), f"{text} (got {short(error['input'])})"
 
 
 def _known_keys(parent: tuple[str, ...]) -> list[str]:
@@ -282,11 +282,6 @@ def _known_keys(parent: tuple[str, ...]) -> list[str]:
 def _kind(value: Any) -> str:
     kinds = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
     return "null" if value is None else kinds.get(type(value), type(value).__name__)
-
-
-def _short(value: Any, width: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def warn_about_recipe(training: TrainingMeta, source: str | Path) -> list[str]:
