@@ -1,11 +1,10 @@
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-import os
 
 import pytest
 import torch

@@ -27,7 +27,7 @@ from simudy.attacks import ThreatModel, get_attack  # noqa: E402
 from simudy.checkpoints import load_weights  # noqa: E402
 from simudy.config import AblationConfig, AnyAttack, Registry  # noqa: E402
 from simudy.data import load_dataset  # noqa: E402
-from simudy.io import atomic_path, read_json  # noqa: E402
+from simudy.io import atomic_path, read_json, save_figure  # noqa: E402
 from simudy.pairing import progress_monitor  # noqa: E402
 from simudy.reconstruct import run_attack  # noqa: E402
 from simudy.victim import load_victim  # noqa: E402
@@ -131,6 +131,4 @@ def plot(path, ab: AblationConfig, curves: dict[str, pd.DataFrame], title: str) 
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9, wrap=True)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=150, format="png")
-    plt.close(fig)
+    save_figure(fig, path)

@@ -28,6 +28,7 @@ from simudy import (
     pairing,
     report,
     schema,
+    sweep,
     train,
     victim,
 )
@@ -91,6 +92,10 @@ def _log_scores(m: dict) -> None:
 
 def cmd_report(a) -> None:
     report.make_report(_experiment(a), a.victim_dir, a.reconstruct_root, a.evaluate_root, a.out_dir, a.metrics_out)
+
+
+def cmd_sweep_report(a) -> None:
+    sweep.write_sweep(_experiment(a), a.victim_dir, a.reconstruct_root, a.evaluate_root, a.out_dir, a.metrics_out)
 
 
 def cmd_table(a) -> None:
@@ -202,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("report", cmd_report, "figures, table rows and metrics over the experiment's methods",
         victim_dir="victim directory", reconstruct_root="folder of per-method reconstructions",
         evaluate_root="folder of per-method evaluations", out_dir="output directory", metrics_out="metrics .json")
+    add("sweep-report", cmd_sweep_report, "a sweep's table, rank correlations and figure",
+        victim_dir="victim directory", reconstruct_root="folder of per-run reconstructions",
+        evaluate_root="folder of per-run evaluations", out_dir="output directory", metrics_out="metrics .json")
     t = add("table", cmd_table, "collect table rows into a markdown table", experiment=False, out="output .md")
     t.add_argument("--methods", nargs="+", help="keep only these methods' rows")
     t.add_argument("rows", nargs="+")

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 from functools import reduce
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from simudy.errors import SimudyError, dotted, short
 
@@ -156,12 +157,33 @@ class SimulatorConfig(Strict):
         return self
 
 
+class LrSearchConfig(Strict):
+    """Sec. 3, for a victim whose training hyper-parameters are withheld: simulate with a preset
+    batch size, run each learning rate for the first `probe_steps` outer steps, and continue
+    the one whose loss is lowest there."""
+
+    batch_size: int = Field(ge=1)  # the guessed simulation batch size
+    lrs: list[Positive] = Field(min_length=1)  # the simulation learning rates tried
+    probe_steps: int = Field(ge=1)  # outer steps each learning rate runs before the choice
+
+    @field_validator("lrs")
+    @classmethod
+    def _distinct(cls, lrs: list[float]) -> list[float]:
+        if len(set(lrs)) < len(lrs):
+            raise ValueError(f"lists a learning rate twice: {lrs}")
+        return lrs
+
+
 class SimuDyConfig(AttackConfig):
     attack: Literal["simudy"]
+    # Dummy images per image of n_images (or of the granted dataset size): Sec. 4.5 guesses a
+    # larger set when the size is withheld; the extra dummies become insignificant.
+    dummies: Positive = 1.0
     init_scale: Positive  # dummy images ~ init_scale * N(0, 1) in normalised space
     sim_epochs: int = Field(ge=1)
-    sim_batch_size: int | None = Field(default=None, ge=1)  # None = the victim's
-    sim_lr: Positive | None = None  # None = the victim's
+    sim_batch_size: int | None = Field(default=None, ge=1)  # None = the victim's, else search.batch_size
+    sim_lr: Positive | None = None  # None = the victim's, else picked by `search`
+    search: LrSearchConfig  # used where the threat model withholds the hyper-parameters
     clip_max_norm: Positive  # a simulated step whose gradient norm exceeds this ...
     clip_to_norm: Positive  # ... is rescaled to this norm ...
     clip_fraction: float = Field(ge=0, le=1)  # ... during this first fraction of outer steps
@@ -171,6 +193,10 @@ class SimuDyConfig(AttackConfig):
     betas: list[Beta] = Field(min_length=2, max_length=2)  # Adam's (β1, β2)
     cosine_period: int = Field(ge=1)  # T_max of the cyclic cosine schedule, in steps
     simulator: SimulatorConfig = SimulatorConfig()
+
+    def searches(self, threat: ThreatConfig) -> bool:
+        """Whether the run grid-searches its simulation learning rate (`search`)."""
+        return self.sim_lr is None and not threat.hyperparams
 
 
 Point = Literal["theta0", "thetaf"]
@@ -247,22 +273,94 @@ class ThreatConfig(Strict):
     dataset_size: bool  # how many images the victim was trained on
 
 
+class SweepConfig(Strict):
+    """One of the experiment's methods run over a grid of its settings (Figs. 2, 3, 7, 9, 10):
+    every grid point is a run of its own, named after the method and the point, e.g.
+    `simudy_sim_batch_size12_sim_lr0p005` (a `.` in a value reads `p`)."""
+
+    method: str
+    # Attack setting (dotted where nested: search.batch_size) -> its values; all combinations run.
+    grid: dict[str, list[Annotated[float, Field(allow_inf_nan=False)]]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _values(self) -> SweepConfig:
+        empty = [key for key, values in self.grid.items() if not values]
+        if empty:
+            raise ValueError(f"grid.{empty[0]} lists no values")
+        return self
+
+    def points(self) -> dict[str, dict[str, float]]:
+        """Run name -> its grid values (setting -> value), in grid order."""
+        combos = (dict(zip(self.grid, combo)) for combo in itertools.product(*self.grid.values()))
+        return {point_name(self.method, values): values for values in combos}
+
+    def overrides(self, values: dict[str, float]) -> Overrides:
+        """What a point changes in the method's settings."""
+        return reduce(deep_merge, (_nested(key, v) for key, v in values.items()), {})
+
+
+def point_name(prefix: str, values: dict[str, float]) -> str:
+    """`simudy` and {sim_lr: 0.005} -> `simudy_sim_lr0p005` (characters a Snakemake wildcard takes)."""
+    return "_".join([prefix, *(f"{key.split('.')[-1]}{_tag(v)}" for key, v in values.items())])
+
+
+def _tag(value: float) -> str:
+    return format(int(value) if float(value).is_integer() else value, "g").replace(".", "p").replace("-", "m")
+
+
+def _nested(key: str, value: Any) -> Overrides:
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
 class ReconstructConfig(Strict):
     methods: list[str] = Field(min_length=1)  # which entries of `attacks` this experiment runs
     threat: ThreatConfig
     attacks: dict[str, AnyAttack]  # named, configured attacks: the paper's values by default
+    sweep: SweepConfig | None = None  # runs one of `methods` over a grid instead of once
+    _runs: dict[str, AnyAttack] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _known_methods(self) -> ReconstructConfig:
         unknown = [m for m in self.methods if m not in self.attacks]
         if unknown:
             raise ValueError(f"methods {unknown} are not configured under attacks (known: {sorted(self.attacks)})")
+        self._runs = {m: self.attacks[m] for m in self.methods}
+        if self.sweep is not None:
+            self._expand(self.sweep)
+        for name, attack in self._runs.items():
+            if isinstance(attack, SimuDyConfig) and attack.searches(self.threat) \
+                    and attack.search.probe_steps > attack.steps:
+                raise ValueError(f"attacks.{self.base_method(name)}.search.probe_steps ({attack.search.probe_steps}) "
+                                 f"is longer than the run ({attack.steps} steps)")
         return self
 
+    def _expand(self, sweep: SweepConfig) -> None:
+        if sweep.method not in self.methods:
+            raise ValueError(f"sweep.method {sweep.method!r} is not one of methods {self.methods}")
+        base = self._runs.pop(sweep.method)
+        for name, values in sweep.points().items():
+            if name in self._runs:
+                raise ValueError(f"sweep: the run name {name!r} is taken by a method")
+            try:
+                merged = deep_merge(base.model_dump(), sweep.overrides(values))
+                self._runs[name] = type(base).model_validate(merged, strict=False)
+            except ValidationError as err:
+                raise ValueError(f"sweep point {name!r}: {_format(err)}") from None
+
+    def runs(self) -> list[str]:
+        """The reconstructions this experiment makes: its methods, the swept one as its grid points."""
+        return list(self._runs)
+
+    def base_method(self, run: str) -> str:
+        """The configured method a run is (for a sweep point, the swept method)."""
+        return self.sweep.method if self.sweep is not None and run not in self.methods else run
+
     def method(self, name: str) -> AnyAttack:
-        if name not in self.methods:
-            raise SimudyError(f"method {name!r} is not run by this experiment; its methods: {self.methods}")
-        return self.attacks[name]
+        if name not in self._runs:
+            raise SimudyError(f"method {name!r} is not run by this experiment; its runs: {self.runs()}")
+        return self._runs[name]
 
 
 class EvaluateConfig(Strict):
@@ -270,6 +368,9 @@ class EvaluateConfig(Strict):
     columns: int = Field(ge=1)
     paper_ssim: dict[str, float] = {}  # the paper's reported value per method, printed beside ours
     paper_ref: str | None = None
+    # The paper's other numbers, by the name of our metric they compare with (a sweep's
+    # `final_loss`, `contribution_matched_mean`, ...), printed beside ours.
+    paper_values: dict[str, float] = {}
 
 
 class ExperimentConfig(Strict):

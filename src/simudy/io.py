@@ -94,3 +94,12 @@ def read_json(path: str | Path) -> Any:
         raise SimudyError(f"{path}: is a directory, expected a JSON file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SimudyError(f"{path}: not valid JSON ({err})") from None
+
+
+def save_figure(fig, path: str | Path) -> None:
+    """A matplotlib figure written atomically (in the format its suffix names), then closed."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=150, format=Path(path).suffix.lstrip("."))
+    plt.close(fig)

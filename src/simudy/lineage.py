@@ -29,6 +29,7 @@ ENTRY = {
     "simulate_and_reconstruct": ["simudy.reconstruct"],
     "pair_by_ssim": ["simudy.pairing"],
     "report": ["simudy.report"],
+    "sweep_report": ["simudy.sweep"],
     "table": ["simudy.report"],
     "group_table": ["simudy.report"],
     "ablation_run": ["simudy.ablation", "simudy.attacks.simudy"],
@@ -127,12 +128,16 @@ def step_keys(raw: dict[str, Any], reg: Registry, rule: str, wildcards: dict[str
         keys = _layers(reg, e, p, "init") + _layers(reg, e, p, "victim")
     elif rule == "simulate_and_reconstruct":
         recon = _layers(reg, e, p, "reconstruct")
-        keys = [f"{k}.{leaf}" for k in recon for leaf in ("threat", f"attacks.{wildcards['method']}")]
+        method = reg.resolve(e, p).reconstruct.base_method(wildcards["method"])
+        keys = [f"{k}.{leaf}" for k in recon for leaf in ("threat", f"attacks.{method}", "sweep")]
     elif rule == "pair_by_ssim":
         keys = []
     elif rule == "report":
         keys = [f"experiments.{e}.title", *_layers(reg, e, p, "evaluate"),
                 *(f"{k}.methods" for k in _layers(reg, e, p, "reconstruct"))]
+    elif rule == "sweep_report":
+        keys = [f"experiments.{e}.title", *_layers(reg, e, p, "evaluate"),
+                *(f"{k}.{leaf}" for k in _layers(reg, e, p, "reconstruct") for leaf in ("methods", "sweep", "attacks"))]
     elif rule == "group_table":
         keys = [f"groups.{wildcards['group']}.methods"]
     else:

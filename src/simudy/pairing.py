@@ -14,6 +14,7 @@ Optimal (Hungarian) matching on the paper SSIM is reported beside the greedy one
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -108,33 +109,67 @@ def evaluate(train_norm, recon_norm, mean, std) -> tuple[dict, pd.DataFrame]:
         "psnr_pixel": float(pairs["psnr_pixel"].mean()),
         "psnr_norm": float(pairs["psnr_norm"].mean()),
         "frac_ssim_ge_0.4": float((pairs["ssim"] >= 0.4).sum() / len(train)),
+        "ssim_matched": float(pairs["ssim"].mean()),  # over the pairs only: differs where there are fewer dummies
         "n_train": len(train),
         "n_recon": len(recon),
+        "n_pairs": len(pairs),
     }
     return metrics, pairs
 
 
+def dummy_table(pairs: pd.DataFrame, n_recon: int, contribution: torch.Tensor | None) -> pd.DataFrame:
+    """One row per reconstruction: the training image it is paired with (none for the extra
+    dummies of an oversized set) and, where the attack measured it, its contribution."""
+    table = pd.DataFrame({"recon": range(n_recon)}).merge(pairs[["recon", "train", "ssim"]], on="recon", how="left")
+    table.insert(1, "matched", table["train"].notna())
+    table["train"] = table["train"].astype("Int64")
+    if contribution is not None:
+        table["contribution"] = contribution.double().numpy()
+    return table
+
+
+def contribution_summary(dummies: pd.DataFrame) -> dict:
+    """Sec. 4.5: the contribution (total-gradient norm) of matched and unmatched dummies."""
+    out = {}
+    for group, rows in (("matched", dummies[dummies["matched"]]), ("unmatched", dummies[~dummies["matched"]])):
+        values = rows["contribution"]
+        if len(values):
+            out |= {f"contribution_{group}_{stat}": float(getattr(values, stat)()) for stat in ("mean", "min", "max")}
+    if "contribution_unmatched_mean" in out:
+        out["contribution_ratio"] = out["contribution_matched_mean"] / out["contribution_unmatched_mean"]
+    return out
+
+
 def pair_files(victim_dir: str | Path, reconstruct_dir: str | Path, out_dir: str | Path) -> dict:
-    """The pair-by-SSIM stage: write `metrics.json` (DVC metrics) and `pairs.csv`."""
+    """The pair-by-SSIM stage: write `metrics.json` (DVC metrics), `pairs.csv` and
+    `dummies.csv` (every reconstruction, paired or not). There may be more or fewer
+    reconstructions than training images."""
     truth_path = Path(victim_dir) / "truth.npz"
     truth = load_dataset(truth_path)
     recon_path = Path(reconstruct_dir) / "reconstruction.safetensors"
-    recon = read_reconstruction(recon_path)
-    if recon.shape[1:] != truth.normalised()[:1].shape[1:]:
+    recon, contribution = read_reconstruction(recon_path, with_contribution=True)
+    if tuple(recon.shape[1:]) != tuple(truth.image_shape):
         raise SimudyError(f"{recon_path}: images of shape {tuple(recon.shape[1:])}, but the training images in "
                           f"{truth_path} are {truth.image_shape}")
     metrics, pairs = evaluate(truth.normalised(), recon, truth.mean, truth.std)
+    dummies = dummy_table(pairs, len(recon), contribution)
+    if contribution is not None:
+        metrics |= contribution_summary(dummies)
     pairs.insert(1, "source_id", truth.source_ids[pairs["train"]])
     pairs.insert(2, "label", [truth.class_names[i] for i in truth.labels[pairs["train"]]])
     out_dir = Path(out_dir)
-    with atomic_path(out_dir / "pairs.csv") as tmp:
-        pairs.to_csv(tmp, index=False, float_format="%.6f")
+    with ExitStack() as stack:
+        pairs_tmp, dummies_tmp = (stack.enter_context(atomic_path(out_dir / name))
+                                  for name in ("pairs.csv", "dummies.csv"))
+        pairs.to_csv(pairs_tmp, index=False, float_format="%.6f")
+        dummies.to_csv(dummies_tmp, index=False, float_format="%.6f")
     write_json(out_dir / "metrics.json", metrics)
     return metrics
 
 
-def read_reconstruction(path: Path) -> torch.Tensor:
-    """The images of a reconstruction file: a float [N, C, H, W] tensor, N ≥ 1, all finite."""
+def read_reconstruction(path: Path, with_contribution: bool = False):
+    """The images of a reconstruction file: a float [N, C, H, W] tensor, N ≥ 1, all finite;
+    with `with_contribution`, also its per-image `contribution` [N] (None where it has none)."""
     state = load_weights(path)
     if "images" not in state:
         raise SimudyError(f"{path}: holds no 'images' tensor (it has {sorted(state)[:5]})")
@@ -145,7 +180,15 @@ def read_reconstruction(path: Path) -> torch.Tensor:
     if min(images.shape[2:]) < SSIM_WINDOW:
         raise SimudyError(f"{path}: images of {list(images.shape[2:])} pixels; SSIM needs at least "
                           f"{SSIM_WINDOW}×{SSIM_WINDOW}")
-    return images
+    if not with_contribution:
+        return images
+    contribution = state.get("contribution")
+    if contribution is not None and (not contribution.is_floating_point() or contribution.shape != images.shape[:1]
+                                     or not (torch.isfinite(contribution) & (contribution >= 0)).all()):
+        raise SimudyError(f"{path}: 'contribution' must hold one finite, non-negative value per image "
+                          f"({len(images)}), got {str(contribution.dtype).removeprefix('torch.')} "
+                          f"{list(contribution.shape)}")
+    return images, contribution
 
 
 def progress_monitor(truth: Dataset) -> Callable[[torch.Tensor], dict[str, float]]:

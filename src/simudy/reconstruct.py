@@ -33,7 +33,7 @@ def run_attack(attack_cfg: AnyAttack, threat: ThreatConfig, method: str, victim_
     attack = get_attack(attack_cfg)
     result = attack.run(victim, ThreatModel.from_victim(victim, threat), Path(work_dir), monitor)
     rows = result.info.pop("loss_rows")
-    tensors = {"images": result.images}
+    tensors = {"images": result.images, **result.extras}
     if result.labels is not None:
         tensors["labels"] = result.labels
     info = {"method": method, "attack": attack.name, **result.info, "threads": torch.get_num_threads(),

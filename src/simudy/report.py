@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 from simudy.checkpoints import load_weights  # noqa: E402
 from simudy.config import ExperimentConfig  # noqa: E402
 from simudy.data import load_dataset  # noqa: E402
-from simudy.io import atomic_path, read_json, write_json  # noqa: E402
+from simudy.io import atomic_path, read_json, save_figure, write_json  # noqa: E402
 from simudy.pairing import channels_last, to_pixels  # noqa: E402
 
 ROW_COLUMNS = ["experiment", "profile", "method", "attack", "model", "n_images", "n_recon", "steps", "ssim",
@@ -33,6 +33,7 @@ class MethodResult:
     loss: pd.DataFrame
     run: dict
     metrics: dict
+    dummies: pd.DataFrame  # every reconstruction, paired or not
 
 
 def make_report(cfg: ExperimentConfig, victim_dir, reconstruct_root, evaluate_root, out_dir,
@@ -42,10 +43,7 @@ def make_report(cfg: ExperimentConfig, victim_dir, reconstruct_root, evaluate_ro
     `methods/<method>.png` (Fig. 1 layout), `loss.png`, `rows.csv` (a table row per method) and the
     experiment's `metrics.json` (per method; DVC metrics)."""
     out_dir = Path(out_dir)
-    truth = load_dataset(Path(victim_dir) / "truth.npz")
-    pixels = lambda x: to_pixels(channels_last(x), truth.mean, truth.std)  # noqa: E731
-    train_px = pixels(truth.normalised())
-    results = [_load(m, Path(reconstruct_root) / m, Path(evaluate_root) / m, pixels) for m in cfg.reconstruct.methods]
+    train_px, results = load_results(cfg, victim_dir, reconstruct_root, evaluate_root)
     for r in results:
         reconstruction_figure(out_dir / "methods" / f"{r.name}.png", r.recon_px, train_px, r.pairs, _title(cfg, r),
                               cfg.evaluate.show, cfg.evaluate.columns)
@@ -59,10 +57,20 @@ def make_report(cfg: ExperimentConfig, victim_dir, reconstruct_root, evaluate_ro
     return rows
 
 
+def load_results(cfg: ExperimentConfig, victim_dir, reconstruct_root, evaluate_root) -> tuple[np.ndarray, list]:
+    """The training images (channels-last [0, 1] pixels) and every run's MethodResult."""
+    truth = load_dataset(Path(victim_dir) / "truth.npz")
+    pixels = lambda x: to_pixels(channels_last(x), truth.mean, truth.std)  # noqa: E731
+    runs = cfg.reconstruct.runs()
+    return pixels(truth.normalised()), [_load(m, Path(reconstruct_root) / m, Path(evaluate_root) / m, pixels)
+                                        for m in runs]
+
+
 def _load(method: str, rec_dir: Path, ev_dir: Path, pixels) -> MethodResult:
     recon = load_weights(rec_dir / "reconstruction.safetensors")["images"]
     return MethodResult(method, pixels(recon), pd.read_csv(ev_dir / "pairs.csv"), pd.read_csv(rec_dir / "loss.csv"),
-                        read_json(rec_dir / "run.json"), read_json(ev_dir / "metrics.json"))
+                        read_json(rec_dir / "run.json"), read_json(ev_dir / "metrics.json"),
+                        pd.read_csv(ev_dir / "dummies.csv"))
 
 
 def _row(cfg: ExperimentConfig, r: MethodResult) -> dict:
@@ -128,7 +136,7 @@ def comparison_figure(path, train_px: np.ndarray, results: list[MethodResult], t
                                   fontsize=7)
     fig.suptitle(heading, fontsize=9)
     fig.subplots_adjust(left=1.2 / width, right=0.99, bottom=0.01, top=1 - _title_height(heading) / fig.get_figheight())
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def reconstruction_figure(path, recon_px: np.ndarray, train_px: np.ndarray, pairs: pd.DataFrame,
@@ -152,7 +160,7 @@ def reconstruction_figure(path, recon_px: np.ndarray, train_px: np.ndarray, pair
         _show(axes[3 * b + 1, c], train_px[row.train])
     fig.suptitle(heading, fontsize=9)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - _title_height(heading) / fig.get_figheight())
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _show(ax, img: np.ndarray) -> None:
@@ -165,8 +173,12 @@ def _show(ax, img: np.ndarray) -> None:
 def loss_figure(path, results: list[MethodResult], title: str) -> None:
     """Each method's loss (and its parameter-matching term) against its steps; the methods'
     losses are on different scales, so each has its own panel."""
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.3), squeeze=False)
-    for ax, r in zip(axes[0], results):
+    columns = min(4, len(results))
+    rows = -(-len(results) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.3 * rows), squeeze=False)
+    for ax in axes.flat[len(results):]:
+        ax.axis("off")
+    for ax, r in zip(axes.flat, results):
         ax.plot(r.loss["step"], r.loss["loss"], lw=0.8, label="loss")
         if "distance" in r.loss:
             ax.plot(r.loss["step"], r.loss["distance"], lw=0.8, alpha=0.7, label="parameter distance")
@@ -178,13 +190,7 @@ def loss_figure(path, results: list[MethodResult], title: str) -> None:
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
-
-
-def _save(fig, path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=150, format=Path(path).suffix.lstrip("."))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_table(rows: list[pd.DataFrame], path, methods: list[str] | None = None) -> pd.DataFrame:

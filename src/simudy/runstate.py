@@ -109,6 +109,8 @@ class RunDir:
 
 
 def discard(workdir: str | Path) -> None:
-    """The run's outputs are written: drop its resume state, so that running it again recomputes.
-    The loss log and the image snapshots stay for plots."""
-    (Path(workdir) / STATE_FILE).unlink(missing_ok=True)
+    """The run's outputs are written: drop its resume states (the run's, and those of any runs
+    inside, such as a learning-rate search's probes), so that running it again recomputes. The
+    loss logs and the image snapshots stay for plots."""
+    for state in Path(workdir).glob(f"**/{STATE_FILE}"):
+        state.unlink(missing_ok=True)

@@ -68,9 +68,9 @@ def code(step):
 
 
 def per_method(pattern):
-    """Input function: `pattern` for each of the experiment's methods."""
+    """Input function: `pattern` for each of the experiment's runs (its methods; a sweep's points)."""
     return lambda w: [pattern.format(experiment=w.experiment, profile=w.profile, method=m)
-                      for m in cfg(w).reconstruct.methods]
+                      for m in cfg(w).reconstruct.runs()]
 
 
 def victim_file(name):
@@ -84,13 +84,18 @@ def dataset_file(w):
 
 def report_files(experiment, profile):
     run = RUN.format(experiment=experiment, profile=profile)
-    return [f"{run}/report/rows.csv", f"{run}/metrics.json"]
+    sweep = [f"{run}/report/sweep.csv", f"{run}/sweep.json"] if has_sweep(experiment, profile) else []
+    return [f"{run}/report/rows.csv", f"{run}/metrics.json", *sweep]
+
+
+def has_sweep(experiment, profile):
+    return REG.resolve(experiment, profile, OVERRIDES).reconstruct.sweep is not None
 
 
 def paper_value(w):
     """The paper's mean SSIM per method, for the figure captions."""
     paper = cfg(w).evaluate.paper_ssim
-    return ", ".join(f"{m} {paper[m]:.4f}" for m in cfg(w).reconstruct.methods if m in paper) or "not reported"
+    return ", ".join(f"{m} {paper[m]:.4f}" for m in cfg(w).reconstruct.runs() if m in paper) or "not reported"
 
 
 def bench_victims(w):

@@ -6,6 +6,7 @@ rule pair_by_ssim:
     output:
         metrics=update(f"{RUN}/evaluate/{{method}}/metrics.json"),
         pairs=update(f"{RUN}/evaluate/{{method}}/pairs.csv"),
+        dummies=update(f"{RUN}/evaluate/{{method}}/dummies.csv"),
     conda:
         ENV
     log:
@@ -24,6 +25,7 @@ rule report:
         truth=victim_file("truth.npz"),
         runs=per_method(f"{RUN}/reconstruct/{{method}}/run.json"),
         metrics=per_method(f"{RUN}/evaluate/{{method}}/metrics.json"),
+        dummies=per_method(f"{RUN}/evaluate/{{method}}/dummies.csv"),
         code=code("report"),
     output:
         rows=update(f"{RUN}/report/rows.csv"),
@@ -52,6 +54,36 @@ rule report:
             " --evaluate-root {params.evaluate_root:q} --out-dir \"$(dirname {output.rows:q})\" --metrics-out {output.metrics:q}"
             + SET_ARGS,
             outputs="{output.rows:q} {output.figure:q} {output.loss:q} {output.metrics:q}",
+        )
+
+
+rule sweep_report:
+    input:
+        truth=victim_file("truth.npz"),
+        runs=per_method(f"{RUN}/reconstruct/{{method}}/run.json"),
+        metrics=per_method(f"{RUN}/evaluate/{{method}}/metrics.json"),
+        dummies=per_method(f"{RUN}/evaluate/{{method}}/dummies.csv"),
+        code=code("sweep_report"),
+    output:
+        table=update(f"{RUN}/report/sweep.csv"),
+        figure=update(report(f"{RUN}/report/sweep.png", caption="../report/sweep.rst", category="{experiment}",
+                      subcategory="all methods", labels={"experiment": "{experiment}", "figure": "sweep"})),
+        metrics=update(f"{RUN}/sweep.json"),
+    params:
+        registry=REGISTRY,
+        tracked=tracked("sweep_report"),
+        reconstruct_root=f"{RUN}/reconstruct",
+        evaluate_root=f"{RUN}/evaluate",
+    conda:
+        ENV
+    log:
+        f"{RUN}/logs/sweep_report.log",
+    shell:
+        cli(
+            "sweep-report --registry {params.registry:q} --experiment {wildcards.experiment} --profile {wildcards.profile}"
+            " --victim-dir \"$(dirname {input.truth:q})\" --reconstruct-root {params.reconstruct_root:q}"
+            " --evaluate-root {params.evaluate_root:q} --out-dir \"$(dirname {output.table:q})\""
+            " --metrics-out {output.metrics:q}" + SET_ARGS,
         )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib import import_module
 from pathlib import Path
 
@@ -87,6 +87,8 @@ class Reconstruction:
     images: torch.Tensor  # [n, C, H, W] in the victim's normalised space, on the CPU
     labels: torch.Tensor | None  # [n] class indices where the attack assigns or infers them
     info: dict  # steps, seconds, final loss, ...
+    # Per-image measures saved beside the images, e.g. "contribution" [n] (SimuDy, Sec. 4.5).
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Attack(ABC):

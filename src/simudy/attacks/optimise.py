@@ -27,6 +27,10 @@ from simudy.victim import Victim
 log = logging.getLogger(__name__)
 
 
+class Diverged(SimudyError):
+    """A non-finite loss or image: the run cannot go on."""
+
+
 class IterativeAttack(Attack):
     columns: list[str]  # the loss log's columns besides step, lr and seconds
 
@@ -43,9 +47,15 @@ class IterativeAttack(Attack):
         return self.tensors["images"]
 
     def run(self, victim: Victim, threat: ThreatModel, workdir: Path, monitor: Monitor | None = None) -> Reconstruction:
+        return self.optimise(self.start(victim, threat, pick_device(self.cfg.device)), threat, workdir, monitor)
+
+    def optimise(self, victim: Victim, threat: ThreatModel, workdir: Path, monitor: Monitor | None = None,
+                 until: int | None = None) -> Reconstruction:
+        """Run the steps up to `until` (the configured `steps` if None) on the tensors `start`
+        set up, resuming from `workdir`'s snapshot: a run stopped early continues later."""
         cfg = self.cfg
-        device = pick_device(cfg.device)
-        victim = self.start(victim, threat, device)
+        until = cfg.steps if until is None else until
+        device = self.images().device
         columns = ["step", *self.columns, "seconds"]
         thetaf = flatten(list(victim.thetaf.values())).cpu()
         key = fingerprint(cfg.model_dump(), sorted(threat.granted), victim.meta, thetaf)
@@ -55,7 +65,7 @@ class IterativeAttack(Attack):
             start, seconds = state.step, state.seconds
             self._restore(state.tensors)
 
-        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"{self.name} n={len(self.images())}",
+        bar = tqdm(range(start, until), initial=start, total=until, desc=f"{self.name} n={len(self.images())}",
                    mininterval=2)
         for step in bar:
             t0 = time.perf_counter()
@@ -68,7 +78,7 @@ class IterativeAttack(Attack):
                 parts = " ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float))
                 log.info("%s step %d/%d %s %.3f s/step", self.name, step + 1, cfg.steps, parts, seconds / (step + 1))
             out_of_time = cfg.max_minutes is not None and seconds >= 60 * cfg.max_minutes
-            if (step + 1) % cfg.snapshot_every == 0 or step + 1 == cfg.steps or out_of_time:
+            if (step + 1) % cfg.snapshot_every == 0 or step + 1 == until or out_of_time:
                 images = self.images().detach().cpu()
                 run.snapshot(RunState(step + 1, seconds, self._capture()), images)
                 if monitor is not None:
@@ -106,8 +116,8 @@ class IterativeAttack(Attack):
         if not bad and torch.isfinite(self.images()).all():
             return
         what = f"{bad[0]} is {row[bad[0]]}" if bad else "the images hold NaN or infinite values"
-        raise SimudyError(f"{self.name}: {what} at step {step + 1}; the optimisation diverged (lower its lr or "
-                          f"init_scale). The last good snapshot stays in {workdir}")
+        raise Diverged(f"{self.name}: {what} at step {step + 1}; the optimisation diverged (lower its lr or "
+                       f"init_scale). The last good snapshot stays in {workdir}")
 
     def _capture(self) -> dict[str, torch.Tensor]:
         out = {f"tensor.{k}": v.detach().cpu() for k, v in self.tensors.items()}

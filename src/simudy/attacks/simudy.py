@@ -3,20 +3,27 @@ moves the parameters the way the real training did."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import torch
 
-from simudy.attacks.base import ThreatModel, balanced_labels, register
-from simudy.attacks.optimise import IterativeAttack
+from simudy.attacks.base import Monitor, Reconstruction, ThreatModel, balanced_labels, register
+from simudy.attacks.optimise import Diverged, IterativeAttack
 from simudy.config import SimulatorConfig
+from simudy.contribution import contributions
+from simudy.devices import pick_device
+from simudy.errors import SimudyError
 from simudy.models import flatten
 from simudy.objectives import cosine_distance, squared_distance, total_variation
 from simudy.simulate import Simulation, TrainingPlan, matmul_precision, simulate
 from simudy.simulate_reference import simulate_reference
 from simudy.victim import Victim, parameter_change
+
+log = logging.getLogger(__name__)
 
 
 def cyclic_cosine(base_lr: float, step: int, period: int) -> float:
@@ -36,33 +43,87 @@ class SimuDy(IterativeAttack):
     columns = ["loss", "distance", "tv", "lr", "clipped_steps"]
 
     def requires(self) -> set[str]:
-        own = {"theta0"}
-        if self.cfg.sim_lr is None or self.cfg.sim_batch_size is None:
-            own.add("hyperparams")  # else the simulation's lr and batch size are preset (Sec. 4.3)
-        return super().requires() | own
+        # The hyper-parameters are never required: where they are withheld, the batch size is
+        # preset and the learning rate searched for (Sec. 3).
+        return super().requires() | {"theta0"}
+
+    def run(self, victim: Victim, threat: ThreatModel, workdir: Path, monitor: Monitor | None = None) -> Reconstruction:
+        if self.cfg.sim_lr is None and threat.hyperparams is None:
+            result = self._search_and_run(victim, threat, workdir, monitor)
+        else:
+            result = super().run(victim, threat, workdir, monitor)
+        result.extras["contribution"] = self.contribution()
+        return result
+
+    def _search_and_run(self, victim: Victim, threat: ThreatModel, workdir: Path,
+                        monitor: Monitor | None) -> Reconstruction:
+        """Sec. 3: each lr of the grid runs the first `probe_steps` steps of the full run (in a
+        work folder of its own, so probes resume and are kept); the lowest loss there goes on."""
+        base, search = self.cfg, self.cfg.search
+        device = pick_device(base.device)
+        batch_size = search.batch_size if base.sim_batch_size is None else base.sim_batch_size
+        probes = []
+        for lr in search.lrs:
+            self.cfg = base.model_copy(update={"sim_lr": lr, "sim_batch_size": batch_size})
+            released = self.start(victim, threat, device)
+            try:
+                info = self.optimise(released, threat, workdir / _probe_folder(lr), until=search.probe_steps).info
+                # The row at the probe's end: a folder that already went on past it keeps later rows.
+                row = next(r for r in info["loss_rows"] if int(r["step"]) == search.probe_steps)
+                probes.append({"lr": lr, "loss": float(row["loss"]), "seconds": float(row["seconds"])})
+            except Diverged as err:
+                log.warning("search: lr %g diverged (%s)", lr, err)
+                probes.append({"lr": lr, "loss": None, "seconds": None})
+        finite = [p for p in probes if p["loss"] is not None]
+        if not finite:
+            raise SimudyError(f"{self.name}: every learning rate of search.lrs {search.lrs} diverged in its probe")
+        best = min(finite, key=lambda p: p["loss"])
+        log.info("search: probe losses after %d steps %s; continuing lr %g", search.probe_steps,
+                 ", ".join(f"{p['lr']:g}: {p['loss']}" for p in probes), best["lr"])
+        self.cfg = base.model_copy(update={"sim_lr": best["lr"], "sim_batch_size": batch_size})
+        result = self.optimise(self.start(victim, threat, device), threat, workdir / _probe_folder(best["lr"]),
+                               monitor)
+        probe_seconds = sum(p["seconds"] for p in finite)
+        result.info["search"] = {"batch_size": batch_size, "probe_steps": search.probe_steps, "lr": best["lr"],
+                                 "probes": probes, "probe_seconds": probe_seconds}
+        result.info["seconds"] += probe_seconds - best["seconds"]  # the whole attack: every probe and the run
+        return result
 
     def setup(self, victim: Victim, threat: ThreatModel, device: torch.device) -> None:
         """Noise images in normalised space and balanced labels (Alg. 1, lines 1-2), seeded."""
-        cfg = self.cfg
+        cfg, hp = self.cfg, threat.hyperparams
+        self.sim_batch_size = cfg.sim_batch_size if cfg.sim_batch_size is not None else (
+            hp.batch_size if hp is not None else cfg.search.batch_size)
+        self.sim_lr = cfg.sim_lr if cfg.sim_lr is not None else (hp.lr if hp is not None else None)
+        if self.sim_lr is None:
+            raise SimudyError(f"{self.name}: the threat model withholds the learning rate and sim_lr is not set: "
+                              "run the attack (it searches search.lrs) or set sim_lr")
         self.victim, self.threat, self.target = victim, threat, parameter_change(victim)
         gen = torch.Generator().manual_seed(cfg.seed)
-        n = self.n_images(threat)
+        n = max(1, round(cfg.dummies * self.n_images(threat)))
         x = cfg.init_scale * torch.randn((n, *threat.image_shape), generator=gen)
         self.labels = balanced_labels(n, threat.num_classes, gen).to(device)
         self.tensors = {"images": x.to(device).requires_grad_(True)}
         self.optimizers = [torch.optim.Adam([self.tensors["images"]], lr=cfg.lr, betas=tuple(cfg.betas))]
 
     def plan(self, step: int) -> TrainingPlan:
-        cfg, hp = self.cfg, self.threat.hyperparams
+        cfg = self.cfg
         clip = step < cfg.clip_fraction * cfg.steps
         return TrainingPlan(
             epochs=cfg.sim_epochs,
-            batch_size=hp.batch_size if cfg.sim_batch_size is None else cfg.sim_batch_size,
-            lr=hp.lr if cfg.sim_lr is None else cfg.sim_lr,
+            batch_size=self.sim_batch_size,
+            lr=self.sim_lr,
             clip_max_norm=cfg.clip_max_norm if clip else None,
             clip_to_norm=cfg.clip_to_norm if clip else None,
             loss=self.threat.loss_kind(),
         )
+
+    def contribution(self) -> torch.Tensor:
+        """Each dummy's total-gradient norm over the simulated training (Sec. 4.5), at the final
+        images and the plan of the last steps."""
+        with matmul_precision(self.cfg.simulator):
+            return contributions(self.victim.model, self.victim.theta0, self.images(), self.labels,
+                                 self.plan(self.cfg.steps))
 
     def objective(self, x: torch.Tensor, plan: TrainingPlan) -> tuple[torch.Tensor, dict]:
         sim = pick_simulator(self.cfg.simulator)(self.victim.model, self.victim.theta0, x, self.labels, plan)
@@ -87,3 +148,7 @@ class SimuDy(IterativeAttack):
             loss.backward()
         opt.step()
         return {"loss": loss.item(), **parts, "lr": lr}
+
+
+def _probe_folder(lr: float) -> str:
+    return f"search/lr{lr:g}"

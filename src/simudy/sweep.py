@@ -1,0 +1,193 @@
+"""A sweep's summary (Figs. 2, 3, 7, 9, 10): one method run over a grid of its settings.
+
+`sweep.csv` has a row per grid point: its values, the final loss, the loss after the probe (the
+step at which a learning-rate search decides, `search.probe_steps`), the SSIM and, where the
+attack measured them, the dummies' contributions. Where the grid varies the simulation lr,
+the metrics hold, for each value of the other settings, the rank correlation of the final loss
+and of the probe's loss with the final SSIM (Figs. 2 and 3: lower loss goes with higher SSIM)
+and which lr the probe would have picked; the figure plots loss and SSIM against the lr. Other
+sweeps (a guessed batch size, a dummy-set size) plot the loss curves, the SSIM and the
+contributions of matched and unmatched dummies side by side.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+
+from simudy.config import ExperimentConfig, point_name  # noqa: E402
+from simudy.errors import SimudyError  # noqa: E402
+from simudy.io import atomic_path, save_figure, write_json  # noqa: E402
+from simudy.report import load_results  # noqa: E402
+
+LR = "sim_lr"
+
+
+def sweep_table(cfg: ExperimentConfig, results: list) -> pd.DataFrame:
+    """A row per grid point (`results`: report.MethodResult of each run)."""
+    points = cfg.reconstruct.sweep.points()
+    rows = []
+    for r in results:
+        if r.name not in points:
+            continue
+        probe_step = cfg.reconstruct.method(r.name).search.probe_steps
+        at_probe = r.loss.loc[r.loss["step"] == probe_step, "loss"]
+        search = r.run.get("search", {})
+        rows.append({
+            "run": r.name, **points[r.name],
+            "final_loss": r.run["final_loss"], "probe_loss": float(at_probe.iloc[0]) if len(at_probe) else np.nan,
+            "ssim": r.metrics["ssim"], "ssim_matched": r.metrics["ssim_matched"], "n_recon": r.metrics["n_recon"],
+            "searched_lr": search.get("lr", np.nan), "seconds": r.run["seconds"],
+            **{k: v for k, v in r.metrics.items() if k.startswith("contribution_")},
+        })
+    return pd.DataFrame(rows)
+
+
+def sweep_metrics(cfg: ExperimentConfig, table: pd.DataFrame) -> dict:
+    sweep = cfg.reconstruct.sweep
+    out: dict = {"points": table.set_index("run").drop(columns=list(sweep.grid)).to_dict(orient="index")}
+    if LR in sweep.grid and len(table) >= 3:
+        out["spearman_final_loss_ssim"] = _spearman(table["final_loss"], table["ssim"])
+        out["by_group"] = {label: _lr_group(rows) for label, rows in _groups(sweep, table)}
+    if cfg.evaluate.paper_values:
+        out["paper"] = dict(cfg.evaluate.paper_values)
+    return out
+
+
+def _groups(sweep, table: pd.DataFrame):
+    """The lr curves: one per combination of the grid's other settings."""
+    others = [k for k in sweep.grid if k != LR]
+    if not others:
+        yield "all", table
+        return
+    for key, rows in table.groupby(others, sort=False):
+        values = dict(zip(others, key if isinstance(key, tuple) else (key,)))
+        yield point_name("", values).lstrip("_"), rows
+
+
+def _lr_group(rows: pd.DataFrame) -> dict:
+    best = rows.loc[rows["ssim"].idxmax()]
+    out = {
+        "spearman_final_loss_ssim": _spearman(rows["final_loss"], rows["ssim"]),
+        "spearman_probe_loss_ssim": _spearman(rows["probe_loss"], rows["ssim"]),
+        "probe_pick_lr": None, "probe_pick_ssim": None,
+        "best_lr": float(best[LR]), "best_ssim": float(best["ssim"]),
+    }
+    if rows["probe_loss"].notna().any():  # none where the runs are shorter than the probe
+        pick = rows.loc[rows["probe_loss"].idxmin()]
+        out |= {"probe_pick_lr": float(pick[LR]), "probe_pick_ssim": float(pick["ssim"])}
+    return out
+
+
+def _spearman(a: pd.Series, b: pd.Series) -> float | None:
+    ok = a.notna() & b.notna()
+    if ok.sum() < 3:
+        return None
+    return float(spearmanr(a[ok], b[ok]).statistic)
+
+
+def write_sweep(cfg: ExperimentConfig, victim_dir, reconstruct_root, evaluate_root, out_dir, metrics_out) -> dict:
+    """The sweep-report stage: `sweep.csv`, `sweep.png` and the sweep's metrics (DVC metrics)."""
+    if cfg.reconstruct.sweep is None:
+        raise SimudyError(f"experiment {cfg.name!r} at profile {cfg.profile!r} has no reconstruct.sweep")
+    out_dir = Path(out_dir)
+    _, results = load_results(cfg, victim_dir, reconstruct_root, evaluate_root)
+    table = sweep_table(cfg, results)
+    with atomic_path(out_dir / "sweep.csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    metrics = sweep_metrics(cfg, table)
+    write_json(metrics_out, metrics)
+    title = f"{cfg.title} [{cfg.profile} profile]"
+    if LR in cfg.reconstruct.sweep.grid:
+        lr_figure(out_dir / "sweep.png", cfg.reconstruct.sweep, table, metrics, title)
+    else:
+        runs = {r.name: r for r in results}
+        runs_figure(out_dir / "sweep.png", table, runs, title, cfg.evaluate.paper_values)
+    return metrics
+
+
+def lr_figure(path: Path, sweep, table: pd.DataFrame, metrics: dict, title: str) -> None:
+    """Figs. 2 and 3: final loss, loss after the probe (blue) and final SSIM (red) against the
+    simulation lr, a panel per value of the other settings; the star is the probe's pick."""
+    groups = list(_groups(sweep, table))
+    fig, axes = plt.subplots(1, len(groups), figsize=(max(6.0, 4.6 * len(groups)), 3.9), squeeze=False)
+    for ax, (label, rows) in zip(axes[0], groups):
+        rows = rows.sort_values(LR)
+        stats = metrics["by_group"][label]
+        ax.plot(rows[LR], rows["final_loss"], "o-", color="tab:blue", label="final loss")
+        ax.plot(rows[LR], rows["probe_loss"], "s--", color="tab:blue", alpha=0.5, label="loss after the probe")
+        ax.set_xscale("log")
+        ax.set_xticks(rows[LR], [f"{v:g}" for v in rows[LR]], rotation=45, fontsize=7)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("simulation learning rate")
+        ax.set_ylabel("loss", color="tab:blue")
+        right = ax.twinx()
+        right.plot(rows[LR], rows["ssim"], "o-", color="tab:red", label="final SSIM")
+        if stats["probe_pick_lr"] is not None:
+            right.plot([stats["probe_pick_lr"]], [stats["probe_pick_ssim"]], "*", color="k", ms=12,
+                       label="the probe's pick")
+        right.set_ylabel("mean SSIM", color="tab:red")
+        ax.set_title(f"{label}\nρ(final loss, SSIM) {_fmt(stats['spearman_final_loss_ssim'])}, "
+                     f"ρ(probe loss, SSIM) {_fmt(stats['spearman_probe_loss_ssim'])}", fontsize=8)
+        ax.grid(alpha=0.3)
+        handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+        ax.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="best")
+    fig.suptitle(textwrap.fill(title, int(12 * fig.get_figwidth())), fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def runs_figure(path: Path, table: pd.DataFrame, runs: dict, title: str, paper: dict) -> None:
+    """Each run's loss curve, its SSIM, and (where measured) its dummies' contributions,
+    matched against unmatched (Sec. 4.5)."""
+    contributions = "contribution_matched_mean" in table
+    fig, axes = plt.subplots(1, 3 if contributions else 2, figsize=(13 if contributions else 9, 3.8))
+    for name in table["run"]:
+        axes[0].plot(runs[name].loss["step"], runs[name].loss["loss"], lw=0.8, label=name)
+    if "final_loss" in paper:
+        axes[0].axhline(paper["final_loss"], color="k", ls=":", lw=0.8, label="the paper's final loss")
+    axes[0].set(xlabel="step", ylabel="loss", yscale="log", title="loss")
+    axes[0].legend(fontsize=6)
+    x = np.arange(len(table))
+    axes[1].bar(x - 0.2, table["ssim"], 0.4, label="mean over training images")
+    axes[1].bar(x + 0.2, table["ssim_matched"], 0.4, label="mean over pairs")
+    axes[1].set_xticks(x, table["run"], rotation=30, ha="right", fontsize=7)
+    axes[1].set(ylabel="SSIM (paper protocol)", title="SSIM")
+    axes[1].legend(fontsize=7)
+    if contributions:
+        _contribution_panel(axes[2], table, runs, paper)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def _contribution_panel(ax, table: pd.DataFrame, runs: dict, paper: dict) -> None:
+    for k, name in enumerate(table["run"]):
+        dummies = runs[name].dummies
+        for matched, colour, shift in ((True, "tab:green", -0.12), (False, "tab:grey", 0.12)):
+            values = dummies.loc[dummies["matched"] == matched, "contribution"]
+            ax.plot(np.full(len(values), k + shift), values, "o", ms=3, color=colour, alpha=0.6,
+                    label=("matched" if matched else "unmatched") if k == 0 else None)
+    # Norms depend on the model and the data; their ratio is what compares with the paper.
+    ours = ", ".join(f"{r}: {v:.2f}" for r, v in zip(table["run"], table.get("contribution_ratio", [])) if v == v)
+    theirs = paper.get("contribution_matched_mean", np.nan) / paper.get("contribution_unmatched_mean", np.nan)
+    ax.set_xticks(range(len(table)), table["run"], rotation=30, ha="right", fontsize=7)
+    ax.set(ylabel="total-gradient norm")
+    ax.set_title(f"dummies' contributions; matched/unmatched mean\n{ours or 'n/a'}"
+                 + ("" if theirs != theirs else f" (paper {theirs:.2f})"), fontsize=8)
+    ax.legend(fontsize=7)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.2f}"
