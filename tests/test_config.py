@@ -11,10 +11,11 @@ REGISTRY = ROOT / "params/experiments.yaml"
 def test_every_experiment_resolves_at_every_profile():
     reg = load_registry(REGISTRY)
     for name, entry in reg.experiments.items():
-        assert {"smoke", "cpu", "paper"} <= entry.profiles.keys()
+        # A `_mlp` variant checks a ResNet figure's claim at CPU scale; the paper's setting is the figure's own.
+        assert ({"smoke", "cpu"} if name.endswith("_mlp") else {"smoke", "cpu", "paper"}) <= entry.profiles.keys()
         for profile in entry.profiles:
             cfg = reg.resolve(name, profile)
-            assert all(cfg.reconstruct.method(m).steps >= 1 for m in cfg.reconstruct.methods)
+            assert all(cfg.reconstruct.method(m).steps >= 1 for m in cfg.reconstruct.runs())
 
 
 def test_paper_profile_keeps_the_authors_defaults():

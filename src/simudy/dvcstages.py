@@ -5,7 +5,7 @@ stage's command runs exactly that job through Snakemake. Snakemake stays the one
 DAG; `simudy dvc-yaml` rewrites the file, and a test fails when the committed one differs.
 
 Small outputs that commits should compare go to git (`cache: false`): each experiment's
-metrics, the attacks' loss curves (DVC plots) and the tables."""
+metrics, the attacks' loss curves (DVC plots), the tables and the sweeps' tables and metrics."""
 
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ HEADER = """\
 # the changed jobs through Snakemake, `dvc status` / `dvc params diff` / `dvc metrics diff` /
 # `dvc plots diff` compare commits. tests/test_dvc.py fails when this file is stale.
 """
-TARGETS = ["tables"]  # every experiment's report and the table; groups are added
+TARGETS = ["tables", "sweeps"]  # every experiment's report and the table, the sweeps; groups are added
 ORDER = ["data_source", "fetch_data", "pretrain",
-         "finetune_victim", "simulate_and_reconstruct", "pair_by_ssim", "report",
+         "finetune_victim", "simulate_and_reconstruct", "pair_by_ssim", "report", "sweep_report",
          "table", "group_table"]
 
 
@@ -67,11 +67,11 @@ def stage(job: dict[str, Any], keys: list[str], registry: str) -> tuple[str, dic
     # job succeeds and restores them if it fails (see `cli` in workflow/rules/common.smk).
     outs, metrics, plots = [], [], []
     for path in outputs:
-        if path.endswith("/metrics.json") and rule == "report":
+        if (path.endswith("/metrics.json") and rule == "report") or path.endswith("/sweep.json"):
             metrics.append({path: {"cache": False, "persist": True}})
         elif path.endswith("/loss.csv"):
             plots.append({path: {"cache": False, "persist": True, "x": "step", "y": "loss"}})
-        elif path.endswith(".md"):
+        elif path.endswith(".md") or path.endswith("/sweep.csv"):
             outs.append({path: {"cache": False, "persist": True}})
         else:
             outs.append({path: {"persist": True}})

@@ -88,8 +88,12 @@ def report_files(experiment, profile):
     return [f"{run}/report/rows.csv", f"{run}/metrics.json", *sweep]
 
 
+def has_profile(experiment, profile):
+    return profile in REG.experiments[experiment].profiles
+
+
 def has_sweep(experiment, profile):
-    return REG.resolve(experiment, profile, OVERRIDES).reconstruct.sweep is not None
+    return has_profile(experiment, profile) and REG.resolve(experiment, profile, OVERRIDES).reconstruct.sweep is not None
 
 
 def paper_value(w):

@@ -89,7 +89,7 @@ rule sweep_report:
 
 rule table:
     input:
-        rows=[f"results/{e}/{{profile}}/report/rows.csv" for e in REG.experiments],
+        rows=lambda w: [f"results/{e}/{w.profile}/report/rows.csv" for e in REG.experiments if has_profile(e, w.profile)],
         code=code("table"),
     output:
         update(report("results/table_{profile}.md", caption="../report/table.rst", category="tables",

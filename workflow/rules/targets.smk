@@ -1,5 +1,5 @@
-# One target per experiment in the registry, at the chosen profile: `snakemake fig1 ...`.
-for _name in REG.experiments:
+# One target per experiment in the registry that has the chosen profile: `snakemake fig1 ...`.
+for _name in (e for e in REG.experiments if has_profile(e, PROFILE)):
 
     rule:
         name:
@@ -22,3 +22,9 @@ for _name, _group in REG.groups.items():
 rule tables:
     input:
         f"results/table_{PROFILE}.md",
+
+
+# Every sweep's table, rank correlations and figure (Figs. 2, 3, 7, 9, 10 and their variants).
+rule sweeps:
+    input:
+        [f for e in REG.experiments if has_sweep(e, PROFILE) for f in report_files(e, PROFILE)],
