@@ -42,7 +42,7 @@ def test_dry_run_of_every_experiment_at_every_profile(tmp_path):
     copy_pipeline(tmp_path)
     reg = load_registry(ROOT / "params/experiments.yaml")
     targets = [f"results/{e}/{p}/report/rows.csv" for e, entry in reg.experiments.items() for p in entry.profiles]
-    runs = sum(len(reg.resolve(e, p).reconstruct.methods) for e in reg.experiments for p in reg.experiments[e].profiles)
+    runs = sum(len(reg.resolve(e, p).reconstruct.runs()) for e in reg.experiments for p in reg.experiments[e].profiles)
     proc = run_tool(tmp_path, "snakemake", "-n", "--cores", "all", *targets, env=_env())
     out = proc.stdout + proc.stderr
     assert "Using workflow specific profile profiles/default" in out
@@ -50,7 +50,7 @@ def test_dry_run_of_every_experiment_at_every_profile(tmp_path):
     for rule in ["pretrain", "finetune_victim"]:  # profiles with `victim_of` share a victim
         assert out.count(f"rule {rule}:") == len(victims) < len(targets), rule
     assert out.count("rule report:") == len(targets)
-    for rule in ["simulate_and_reconstruct", "pair_by_ssim"]:  # once per method
+    for rule in ["simulate_and_reconstruct", "pair_by_ssim"]:  # once per run (a sweep: per grid point)
         assert out.count(f"rule {rule}:") == runs, rule
     assert out.count("rule fetch_data:") == len(reg.datasets)
     # GPU jobs declare gpu=1 and the default profile caps the run at one GPU.

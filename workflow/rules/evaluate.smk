@@ -83,7 +83,8 @@ rule sweep_report:
             "sweep-report --registry {params.registry:q} --experiment {wildcards.experiment} --profile {wildcards.profile}"
             " --victim-dir \"$(dirname {input.truth:q})\" --reconstruct-root {params.reconstruct_root:q}"
             " --evaluate-root {params.evaluate_root:q} --out-dir \"$(dirname {output.table:q})\""
-            " --metrics-out {output.metrics:q}" + SET_ARGS,
+            " --metrics-out {output.metrics:q}"
+            + SET_ARGS,
         )
 
 
