@@ -78,8 +78,9 @@ def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
 
 
-def evaluate(train_norm, recon_norm, mean, std) -> tuple[dict, pd.DataFrame]:
-    """Score reconstructions against the training images (both [N, C, H, W], normalised)."""
+def evaluate(train_norm, recon_norm, mean, std) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """Score reconstructions against the training images (both [N, C, H, W], normalised): the
+    metrics, the pairs, and a row per reconstruction (`dummy_table`)."""
     train, recon = channels_last(train_norm), channels_last(recon_norm)
     if not np.isfinite(recon).all():
         raise SimudyError("reconstructions contain NaN or infinite values")
@@ -114,17 +115,22 @@ def evaluate(train_norm, recon_norm, mean, std) -> tuple[dict, pd.DataFrame]:
         "n_recon": len(recon),
         "n_pairs": len(pairs),
     }
-    return metrics, pairs
+    dummies = dummy_table(pairs, s_paper)
+    unmatched = dummies.loc[~dummies["matched"], "nearest_ssim"]
+    if len(unmatched):  # second copies of training images score high here, noise low
+        metrics["ssim_unmatched_nearest"] = float(unmatched.mean())
+    return metrics, pairs, dummies
 
 
-def dummy_table(pairs: pd.DataFrame, n_recon: int, contribution: torch.Tensor | None) -> pd.DataFrame:
+def dummy_table(pairs: pd.DataFrame, s_paper: np.ndarray) -> pd.DataFrame:
     """One row per reconstruction: the training image it is paired with (none for the extra
-    dummies of an oversized set) and, where the attack measured it, its contribution."""
-    table = pd.DataFrame({"recon": range(n_recon)}).merge(pairs[["recon", "train", "ssim"]], on="recon", how="left")
+    dummies of an oversized set), and the training image it resembles most, paired or not."""
+    table = pd.DataFrame({"recon": range(s_paper.shape[1])})
+    table = table.merge(pairs[["recon", "train", "ssim"]], on="recon", how="left")
     table.insert(1, "matched", table["train"].notna())
     table["train"] = table["train"].astype("Int64")
-    if contribution is not None:
-        table["contribution"] = contribution.double().numpy()
+    table["nearest_train"] = s_paper.argmax(axis=0)
+    table["nearest_ssim"] = s_paper.max(axis=0)
     return table
 
 
@@ -151,9 +157,9 @@ def pair_files(victim_dir: str | Path, reconstruct_dir: str | Path, out_dir: str
     if tuple(recon.shape[1:]) != tuple(truth.image_shape):
         raise SimudyError(f"{recon_path}: images of shape {tuple(recon.shape[1:])}, but the training images in "
                           f"{truth_path} are {truth.image_shape}")
-    metrics, pairs = evaluate(truth.normalised(), recon, truth.mean, truth.std)
-    dummies = dummy_table(pairs, len(recon), contribution)
+    metrics, pairs, dummies = evaluate(truth.normalised(), recon, truth.mean, truth.std)
     if contribution is not None:
+        dummies["contribution"] = contribution.double().numpy()
         metrics |= contribution_summary(dummies)
     pairs.insert(1, "source_id", truth.source_ids[pairs["train"]])
     pairs.insert(2, "label", [truth.class_names[i] for i in truth.labels[pairs["train"]]])
