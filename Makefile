@@ -14,9 +14,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(RUN) pytest -q
 
-# The edit-run loop: everything but the tests marked slow (under a minute on two cores).
+# The edit-run loop: everything but the tests marked slow, property tests at 100 examples each
+# (under a minute on two cores).
 test-fast: $(STAMP)
-	$(RUN) pytest -q -m "not slow"
+	$(RUN) HYPOTHESIS_PROFILE=fast pytest -q -m "not slow"
 
 # One CUDA machine, in order and resumably: fig1's SimuDy (paper, then paper_fast), the
 # paper-scale benchmark (bench/gpu.yaml), fig5's SimuDy, then both experiments' baselines;

@@ -13,10 +13,13 @@ from hypothesis import settings
 from simudy import cli
 
 ROOT = Path(__file__).resolve().parents[1]
-# CI runs the property tests on a fixed sequence of examples, so that a verdict is the code's and not
-# the draw's; `make test` draws fresh ones each run (set HYPOTHESIS_PROFILE=ci to replay CI's).
-settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+# Property tests draw 2000 examples each. CI replays a fixed sequence of them, so that a verdict is
+# the code's and not the draw's; `make test` draws fresh ones each run (HYPOTHESIS_PROFILE=ci replays
+# CI's); `make test-fast` draws 100, for the edit-run loop.
+settings.register_profile("full", max_examples=2000, deadline=None)
+settings.register_profile("ci", settings.get_profile("full"), derandomize=True, database=None, print_blob=True)
+settings.register_profile("fast", settings.get_profile("full"), max_examples=100)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "full"))
 
 PIPELINE_FILES = ["Snakefile", "workflow", "params", "profiles", "dvc.yaml", "environment.yml", "bench", "src"]
 

@@ -418,6 +418,7 @@ print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.bad_input
 def test_a_zip_of_huge_pngs_is_refused_from_the_headers(tmp_path):
     buf = io.BytesIO()
@@ -430,6 +431,7 @@ def test_a_zip_of_huge_pngs_is_refused_from_the_headers(tmp_path):
     assert rss < 500 * 2**20, f"peak RSS {rss / 2**20:.0f} MiB"
 
 
+@pytest.mark.slow
 @pytest.mark.bad_input
 def test_a_zip_with_a_gigabyte_member_is_refused_before_reading(tmp_path):
     path = tmp_path / "bytes.zip"

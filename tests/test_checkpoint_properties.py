@@ -18,8 +18,8 @@ from safetensors.torch import save, save_file
 from simudy.checkpoints import load_weights, save_weights
 from simudy.errors import SimudyError
 
-PROPERTY = settings(max_examples=2000, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+# max_examples from the profile conftest loads: 2000, or 100 in the fast lane.
+PROPERTY = settings(database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # The format's dtypes, read here independently of simudy to decode what a file says.
 TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -131,7 +131,8 @@ def test_valid_files_load_exactly(tmp_path_factory):
 
     check()
     assert sum(residues.values()) >= PROPERTY.max_examples
-    assert residues[0x80] and len(residues) == 32, residues
+    if PROPERTY.max_examples >= 2000:  # the fast lane's 100 draws need not reach every residue
+        assert residues[0x80] and len(residues) == 32, residues
 
 
 # -- random and damaged files ---------------------------------------------------------------------

@@ -164,7 +164,6 @@ def _one_error_or_valid(raw) -> None:
     assert check_meta(meta.dump(), SOURCE) == meta
 
 
-@settings(max_examples=2000, deadline=None)
 @given(json_values)
 def test_random_json_gives_one_error_or_a_valid_model(raw):
     _one_error_or_valid(raw)
@@ -197,7 +196,6 @@ rounds = st.integers(1, 3)
 actions = st.sampled_from(["drop", "replace", "retype"])
 
 
-@settings(max_examples=2000, deadline=None)
 @given(st.sampled_from([PIPELINE, OWN]), st.data())
 def test_mutated_victim_json_gives_one_error_or_a_valid_model(base, data):
     raw = copy.deepcopy(base)
