@@ -116,33 +116,38 @@ def write_sweep(cfg: ExperimentConfig, victim_dir, reconstruct_root, evaluate_ro
 
 
 def lr_figure(path: Path, sweep, table: pd.DataFrame, metrics: dict, title: str) -> None:
-    """Figs. 2 and 3: final loss, loss after the probe (blue) and final SSIM (red) against the
-    simulation lr, a panel per value of the other settings; the star is the probe's pick."""
+    """Figs. 2 and 3: against the simulation lr, the final loss (top row) and the loss after the
+    probe (bottom row), each in blue on its own scale, with the final SSIM in red; a column per
+    value of the other settings; the star is the probe's pick."""
     groups = list(_groups(sweep, table))
-    fig, axes = plt.subplots(1, len(groups), figsize=(max(6.0, 4.6 * len(groups)), 3.9), squeeze=False)
-    for ax, (label, rows) in zip(axes[0], groups):
+    fig, axes = plt.subplots(2, len(groups), figsize=(max(6.0, 4.6 * len(groups)), 6.6), squeeze=False, sharex="col")
+    for col, (label, rows) in enumerate(groups):
         rows = rows.sort_values(LR)
         stats = metrics["by_group"][label]
-        ax.plot(rows[LR], rows["final_loss"], "o-", color="tab:blue", label="final loss")
-        ax.plot(rows[LR], rows["probe_loss"], "s--", color="tab:blue", alpha=0.5, label="loss after the probe")
-        ax.set_xscale("log")
-        ax.set_xticks(rows[LR], [f"{v:g}" for v in rows[LR]], rotation=45, fontsize=7)
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("simulation learning rate")
-        ax.set_ylabel("loss", color="tab:blue")
-        right = ax.twinx()
-        right.plot(rows[LR], rows["ssim"], "o-", color="tab:red", label="final SSIM")
-        if stats["probe_pick_lr"] is not None:
-            right.plot([stats["probe_pick_lr"]], [stats["probe_pick_ssim"]], "*", color="k", ms=12,
-                       label="the probe's pick")
-        right.set_ylabel("mean SSIM", color="tab:red")
-        ax.set_title(f"{label}\nρ(final loss, SSIM) {_fmt(stats['spearman_final_loss_ssim'])}, "
-                     f"ρ(probe loss, SSIM) {_fmt(stats['spearman_probe_loss_ssim'])}", fontsize=8)
-        ax.grid(alpha=0.3)
-        handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-        ax.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="best")
+        for row, (loss, name, key, style) in enumerate((
+                ("final_loss", "final loss", "spearman_final_loss_ssim", "o-"),
+                ("probe_loss", "loss after the probe", "spearman_probe_loss_ssim", "s--"))):
+            ax = axes[row, col]
+            ax.plot(rows[LR], rows[loss], style, color="tab:blue", label=name)
+            ax.set_ylabel(name, color="tab:blue")
+            right = ax.twinx()
+            right.plot(rows[LR], rows["ssim"], "o-", color="tab:red", label="final SSIM")
+            if stats["probe_pick_lr"] is not None:
+                right.plot([stats["probe_pick_lr"]], [stats["probe_pick_ssim"]], "*", color="k", ms=12,
+                           label="the probe's pick")
+            right.set_ylabel("mean SSIM", color="tab:red")
+            ax.set_title(f"{label}: ρ({name}, SSIM) {_fmt(stats[key])}", fontsize=8)
+            ax.grid(alpha=0.3)
+        bottom = axes[1, col]
+        bottom.set_xscale("log")
+        bottom.set_xticks(rows[LR], [f"{v:g}" for v in rows[LR]], rotation=45, fontsize=7)
+        bottom.xaxis.set_minor_formatter(NullFormatter())
+        bottom.set_xlabel("simulation learning rate")
+    # One legend for all panels, below them: the loss lines are the blue ones, named on each axis.
+    handles = [axes[0, 0].lines[0], axes[1, 0].lines[0], *fig.axes[-1].lines]
+    fig.legend(handles, [h.get_label() for h in handles], loc="lower center", ncol=len(handles), fontsize=8)
     fig.suptitle(textwrap.fill(title, int(12 * fig.get_figwidth())), fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     save_figure(fig, path)
 
 
