@@ -166,8 +166,8 @@ def runs_figure(path: Path, table: pd.DataFrame, runs: dict, title: str, paper: 
     axes[1].bar(x - 0.2, table["ssim"], 0.4, label="mean over training images")
     axes[1].bar(x + 0.2, table["ssim_matched"], 0.4, label="mean over pairs")
     axes[1].set_xticks(x, table["run"], rotation=30, ha="right", fontsize=7)
-    axes[1].set(ylabel="SSIM (paper protocol)", title="SSIM")
-    axes[1].legend(fontsize=7)
+    axes[1].set(ylabel="SSIM (paper protocol)", title="SSIM", ylim=(0, 1.2))  # headroom for the legend
+    axes[1].legend(fontsize=7, loc="upper center", ncol=2)
     if contributions:
         _contribution_panel(axes[2], table, runs, paper)
     for ax in axes:
