@@ -560,12 +560,15 @@ class Registry(Strict):
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
+    """`over`'s values replace `base`'s key by key, nested mappings merged, in a new mapping that
+    shares nothing with either (each value is copied once: registries merge thousands of times)."""
+    out = {}
+    for key, value in base.items():
+        if key in over and isinstance(value, dict) and isinstance(over[key], dict):
+            out[key] = deep_merge(value, over[key])
         else:
-            out[key] = copy.deepcopy(value)
+            out[key] = copy.deepcopy(over.get(key, value))
+    out.update((key, copy.deepcopy(value)) for key, value in over.items() if key not in base)
     return out
 
 
@@ -591,9 +594,10 @@ def _without_tag(loc: tuple) -> tuple:
     return loc
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, but a key given twice in one mapping is an error rather than the
-    last value silently winning."""
+class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """YAML's safe loader (libyaml's parser where PyYAML has it: the registry is read for every
+    job), but a key given twice in one mapping is an error rather than the last value silently
+    winning."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
