@@ -10,7 +10,7 @@ import yaml
 
 from simudy import ablation
 from simudy.attacks import SimuDy, ThreatModel
-from simudy.config import ThreatConfig, load_experiment, load_registry
+from simudy.config import ThreatConfig, load_experiment, load_registry, read_yaml
 from simudy.data import load_dataset
 from simudy.errors import SimudyError
 from simudy.pairing import progress_monitor
@@ -25,7 +25,7 @@ DEMO_ABLATION = {"title": "demo speed-ups", "experiment": "demo", "profile": "sm
 
 
 def _registry(tmp_path, **edit) -> str:
-    raw = yaml.safe_load((ROOT / "params/experiments.yaml").read_text())
+    raw = read_yaml(ROOT / "params/experiments.yaml")
     raw["ablations"] = {"demo_speed": {**DEMO_ABLATION, **edit}}
     path = tmp_path / "experiments.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from simudy import cli
+from simudy.config import read_yaml
 from simudy.runstate import STATE_FILE
 from tests.conftest import ROOT, run_cli
 
@@ -23,7 +24,7 @@ def _set(raw: dict, path: list[str], value) -> None:
 
 
 def _registry_with(tmp_path, path: list[str], value):
-    raw = yaml.safe_load(REGISTRY.read_text())
+    raw = read_yaml(REGISTRY)
     _set(raw, path, value)
     out = tmp_path / "bad.yaml"
     out.write_text(yaml.safe_dump(raw))

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from simudy.config import read_yaml
 from simudy.data import Dataset, save_dataset
 from tests.conftest import ROOT, run_cli
 
@@ -68,7 +69,7 @@ def _patch_central_entry(path, name: str, offset: int, fmt: str, value: int):
 
 
 def _registry(tmp_path, entry: dict):
-    reg = yaml.safe_load(REGISTRY.read_text())
+    reg = read_yaml(REGISTRY)
     reg["datasets"]["toy"] = entry
     path = tmp_path / "registry.yaml"
     path.write_text(yaml.safe_dump(reg, sort_keys=False))

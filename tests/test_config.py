@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from simudy.config import SECTIONS, load_experiment, load_registry
+from simudy.config import SECTIONS, load_experiment, load_registry, read_yaml
 from simudy.errors import SimudyError
 from tests.conftest import ROOT
 
@@ -35,7 +35,7 @@ def test_profile_overrides_only_what_it_names():
 
 
 def _edited(tmp_path, edit):
-    raw = yaml.safe_load(REGISTRY.read_text())
+    raw = read_yaml(REGISTRY)
     edit(raw)
     path = tmp_path / "experiments.yaml"
     path.write_text(yaml.safe_dump(raw))

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from simudy import dvcstages, lineage, schema
-from simudy.config import load_registry
+from simudy.config import load_registry, read_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 REGISTRY = "params/experiments.yaml"
@@ -36,7 +36,7 @@ def test_registry_schema_is_current_and_accepts_the_registry():
 
     committed = yaml.safe_load((REPO / "params/experiments.schema.json").read_text())
     assert committed == schema.registry_schema(), "stale schema: run `simudy schema`"
-    jsonschema.validate(yaml.safe_load((REPO / REGISTRY).read_text()), committed)
+    jsonschema.validate(read_yaml(REPO / REGISTRY), committed)
 
 
 def test_code_dependencies_follow_the_imports():
@@ -61,8 +61,8 @@ def test_committed_lock_metrics_and_table_agree():
     """Every stage in dvc.lock is a stage of dvc.yaml with the same command, and the outputs
     committed to git (metrics, loss curves, tables) are the ones the lock records. Stages not
     run yet are simply absent from the lock (`dvc status` lists them)."""
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    locked = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+    stages = read_yaml(REPO / "dvc.yaml")["stages"]
+    locked = read_yaml(REPO / "dvc.lock")["stages"]
     assert set(locked) <= set(stages), f"stages locked but no longer defined: {sorted(set(locked) - set(stages))}"
     for name, spec in locked.items():
         assert spec["cmd"] == stages[name]["cmd"], name
@@ -105,7 +105,7 @@ def demo_repo(tmp_path_factory) -> Path:
         if not rel.startswith("results/") and (REPO / rel).is_file():
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, root / rel)
-    raw = yaml.safe_load((REPO / REGISTRY).read_text())
+    raw = read_yaml(REPO / REGISTRY)
     raw.update(active_profile="smoke", experiments={"demo": raw["experiments"]["demo"]}, groups={}, ablations={},
                datasets={"digits": raw["datasets"]["digits"]})
     (root / REGISTRY).write_text(yaml.safe_dump(raw, sort_keys=False))

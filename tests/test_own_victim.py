@@ -90,6 +90,7 @@ def readme_commands() -> list[list[str]]:
     return [shlex.split(line) for line in block.replace("\\\n", " ").splitlines() if line.strip()]
 
 
+@pytest.mark.slow  # an end-to-end run: a training script, then the README's three commands
 def test_readme_commands_attack_a_model_trained_by_a_plain_torch_script(user_dir):
     commands = readme_commands()
     assert [c[:2] for c in commands] == [["simudy", "import-victim"], ["simudy", "describe-victim"],

@@ -159,9 +159,9 @@ def test_every_figure_of_the_unknowns_has_a_paper_and_a_cpu_target():
 
 def test_sweep_report_ranks_loss_against_ssim(victim, tmp_path):
     sweep = "reconstruct.sweep={method: simudy, grid: {sim_lr: [0.002, 0.01, 0.05]}}"
-    cfg = load_experiment("demo", "smoke", REGISTRY, [sweep])  # 20 steps
+    cfg = load_experiment("demo", "smoke", REGISTRY, [sweep])
     common = ["--registry", REGISTRY, "--experiment", "demo", "--profile", "smoke", "--set", sweep,
-              "--set", "reconstruct.attacks.simudy.search.probe_steps=5"]
+              "--set", "reconstruct.attacks.simudy.steps=8", "--set", "reconstruct.attacks.simudy.search.probe_steps=5"]
     for run in cfg.reconstruct.runs():
         assert run_cli("reconstruct", *common, "--method", run, "--victim-dir", victim,
                        "--out-dir", tmp_path / "reconstruct" / run, "--work-dir", tmp_path / "work" / run,
