@@ -64,13 +64,19 @@ def test_committed_lock_metrics_and_table_agree():
     stages = read_yaml(REPO / "dvc.yaml")["stages"]
     locked = read_yaml(REPO / "dvc.lock")["stages"]
     assert set(locked) <= set(stages), f"stages locked but no longer defined: {sorted(set(locked) - set(stages))}"
+    for_git = sorted(set().union(*(_uncached(stage) for stage in stages.values())))
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=REPO, input="\n".join(for_git),
+                             capture_output=True, text=True).stdout.split()
+    assert not ignored, f"outputs dvc.yaml leaves to git but .gitignore hides: {ignored}"
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split())
     for name, spec in locked.items():
         assert spec["cmd"] == stages[name]["cmd"], name
         in_git = _uncached(stages[name])
         for out in spec.get("outs", []):
             if out["path"] in in_git:
                 path = REPO / out["path"]
-                assert path.exists() and _md5(path) == out["md5"], f"{out['path']} is not what {name} produced"
+                assert out["path"] in tracked, f"{out['path']} ({name}) is locked but not committed"
+                assert _md5(path) == out["md5"], f"{out['path']} is not what {name} produced"
     reg = load_registry(REPO / REGISTRY)
     if f"table-{reg.active_profile}" not in locked:
         return
