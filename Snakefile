@@ -25,6 +25,7 @@ wildcard_constraints:
     method=r"[A-Za-z0-9_]+",
     group="|".join(REG.groups) or "(?!)",
     ablation="|".join(REG.ablations) or "(?!)",
+    linearity="|".join(REG.linearity) or "(?!)",
     run=r"[A-Za-z0-9_]+",
     suite=r"[A-Za-z0-9_]+",
 
@@ -42,3 +43,5 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/targets.smk"
 include: "workflow/rules/bench.smk"
 include: "workflow/rules/ablation.smk"
+include: "workflow/rules/linearity.smk"
+include: "workflow/rules/catalogue.smk"

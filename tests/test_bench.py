@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from simudy.bench import load_settings, run_benchmark, run_precision_check
+from simudy.bench import load_settings, run_benchmark, run_precision_check, write_projection
 from simudy.errors import SimudyError
 
 SETTINGS = {
@@ -46,3 +46,20 @@ def test_precision_check_must_name_a_known_case(tmp_path):
     path.write_text(yaml.safe_dump({**SETTINGS, "precision_check": {"case": "huge", "modes": ["reference"]}}))
     with pytest.raises(SimudyError, match="precision_check"):
         load_settings(path)
+
+
+def test_projection_scales_the_measured_step_to_a_full_run_beside_the_paper(tmp_path):
+    path = tmp_path / "settings.yaml"
+    projection = {"steps": 36000, "paper": {4: {"memory_mb": 100, "hours": 2.0}}}
+    path.write_text(yaml.safe_dump({**SETTINGS, "projection": projection}))
+    bench = tmp_path / "bench.csv"
+    bench.write_text("case,mode,seconds_per_step,peak_mb,device,error\n"
+                     "tiny,reference,0.5,900,cpu,\ntiny,lean,,,,exit 137\n")
+    table = write_projection(path, bench, tmp_path).set_index("mode")
+    assert table.loc["reference", "hours_for_36000_steps"] == pytest.approx(5.0)
+    assert (table.loc["reference", "paper_memory_mb"], table.loc["reference", "paper_hours"]) == (100, 2.0)
+    assert table.loc["lean", "device"] == "exit 137"  # a failed measurement stays visible
+    assert "36000 steps" in (tmp_path / "projection.md").read_text()
+    path.write_text(yaml.safe_dump(SETTINGS))
+    with pytest.raises(SimudyError, match="no projection section"):
+        write_projection(path, bench, tmp_path)

@@ -87,3 +87,31 @@ def test_a_profile_can_attack_another_profiles_victim(tmp_path):
     chained = _edited(tmp_path, lambda r: fast(r).update(victim_of="smoke_fast"))
     with pytest.raises(SimudyError, match="name a profile that trains its own victim"):
         load_registry(chained)
+
+
+def test_an_experiment_can_attack_another_experiments_victim(tmp_path):
+    reg = load_registry(REGISTRY)
+    for profile in ("cpu", "paper", "smoke"):
+        tv, fig1 = reg.resolve("tv", profile), reg.resolve("fig1", profile)
+        assert (tv.victim_experiment, tv.victim_profile) == ("fig1", profile)
+        assert (tv.init, tv.victim) == (fig1.init, fig1.victim)
+    assert reg.resolve("fig1", "paper_fast").victim_experiment == "fig1"
+    tv = lambda r: r["experiments"]["tv"]  # noqa: E731
+    for edit, message in [
+        (lambda r: tv(r).update(victim_of="figB"), "'figB' is not an experiment that trains its own victim"),
+        (lambda r: tv(r).update(victim_of="demo"), "differs from that of its victim_of 'demo'"),
+        (lambda r: tv(r)["profiles"]["cpu"]["victim"].update(epochs=3), "leave init and victim empty"),
+        (lambda r: tv(r)["profiles"].update(fast=tv(r)["profiles"]["cpu"]), r"has no profile \['fast'\]"),
+    ]:
+        with pytest.raises(SimudyError, match=message):
+            load_registry(_edited(tmp_path, edit))
+
+
+def test_a_sweep_takes_named_choices_and_names_its_runs_after_them(tmp_path):
+    cfg = load_experiment("figB", "cpu", REGISTRY)
+    assert [cfg.reconstruct.method(m).loss for m in cfg.reconstruct.runs()] == ["cosine", "euclidean"]
+    assert cfg.reconstruct.runs() == ["simudy_losscosine", "simudy_losseuclidean"]
+    sweep = lambda r: r["experiments"]["figB"]["reconstruct"]["sweep"]  # noqa: E731
+    bad = _edited(tmp_path, lambda r: sweep(r)["grid"].update(loss=["cosine", "manhattan"]))
+    with pytest.raises(SimudyError, match="sweep point 'simudy_lossmanhattan'"):
+        load_registry(bad)

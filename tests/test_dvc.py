@@ -113,7 +113,7 @@ def demo_repo(tmp_path_factory) -> Path:
             shutil.copy2(REPO / rel, root / rel)
     raw = read_yaml(REPO / REGISTRY)
     raw.update(active_profile="smoke", experiments={"demo": raw["experiments"]["demo"]}, groups={}, ablations={},
-               datasets={"digits": raw["datasets"]["digits"]})
+               linearity={}, datasets={"digits": raw["datasets"]["digits"]})
     (root / REGISTRY).write_text(yaml.safe_dump(raw, sort_keys=False))
     # Here the smoke profile stands in for a real one: version its committed outputs too.
     ignore = root / ".gitignore"

@@ -29,6 +29,7 @@ def _digits_only(root: Path, profile: str) -> None:
     raw["experiments"] = {"demo": raw["experiments"]["demo"]}
     raw["groups"] = {}
     raw["ablations"] = {}
+    raw["linearity"] = {}
     raw["datasets"] = {"digits": raw["datasets"]["digits"]}
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
@@ -46,8 +47,9 @@ def test_dry_run_of_every_experiment_at_every_profile(tmp_path):
     proc = run_tool(tmp_path, "snakemake", "-n", "--cores", "all", *targets, env=_env())
     out = proc.stdout + proc.stderr
     assert "Using workflow specific profile profiles/default" in out
-    victims = {(e, reg.resolve(e, p).victim_profile) for e, entry in reg.experiments.items() for p in entry.profiles}
-    for rule in ["pretrain", "finetune_victim"]:  # profiles with `victim_of` share a victim
+    victims = {(cfg.victim_experiment, cfg.victim_profile)
+               for cfg in (reg.resolve(e, p) for e, entry in reg.experiments.items() for p in entry.profiles)}
+    for rule in ["pretrain", "finetune_victim"]:  # experiments and profiles with `victim_of` share a victim
         assert out.count(f"rule {rule}:") == len(victims) < len(targets), rule
     assert out.count("rule report:") == len(targets)
     for rule in ["simulate_and_reconstruct", "pair_by_ssim"]:  # once per run (a sweep: per grid point)

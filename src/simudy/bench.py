@@ -69,6 +69,19 @@ class PrecisionCheck(Strict):
     modes: list[str]
 
 
+class PaperCost(Strict):
+    memory_mb: float = Field(gt=0)
+    hours: float = Field(gt=0)
+
+
+class Projection(Strict):
+    """Tab. 3: what a full run costs at the measured per-step time, beside the paper's figures."""
+
+    steps: int = Field(ge=1)  # outer steps of a full run (the paper's 30 000)
+    paper: dict[int, PaperCost] = {}  # dataset size -> the paper's figures (RTX 4090)
+    hardware: str = ""  # the paper's machine, for the table's heading
+
+
 class Settings(Strict):
     modes: dict[str, SimulatorConfig]
     cases: dict[str, CostCase | QualityCase]
@@ -76,6 +89,7 @@ class Settings(Strict):
     runs: dict[str, list[str]]
     tuning: dict[str, dict] = {}
     precision_check: PrecisionCheck | None = None
+    projection: Projection | None = None
 
 
 def load_settings(path: str | Path) -> Settings:
@@ -258,6 +272,51 @@ def measure_one(settings_path, case: str, mode: str, grad_out: str | None) -> di
     settings = load_settings(settings_path)
     return measure(settings.cases[case], settings.modes[mode], settings.tuning.get(mode, {}),
                    Path(grad_out) if grad_out else None)
+
+
+# -- Tab. 3: projected cost of a full run ----------------------------------------------------------
+
+
+def write_projection(settings_path: str | Path, bench_csv: str | Path, out_dir: str | Path) -> pd.DataFrame:
+    """Per cost case and mode: the measured seconds per step and peak memory, the hours the
+    suite's `projection.steps` would take at that rate, and the paper's figures for the same
+    dataset size; `projection.md` and `projection.csv`."""
+    settings = load_settings(settings_path)
+    if settings.projection is None:
+        raise SimudyError(f"{settings_path}: no projection section")
+    proj = settings.projection
+    rows = []
+    for r in pd.read_csv(bench_csv).itertuples():
+        case = settings.cases.get(r.case)
+        if case is None or case.kind != "cost":
+            continue
+        paper = proj.paper.get(case.n_images)
+        failed = isinstance(getattr(r, "error", None), str)  # e.g. out of memory
+        per_step = None if failed else r.seconds_per_step
+        rows.append({"n_images": case.n_images, "mode": r.mode, "device": r.error if failed else r.device,
+                     "seconds_per_step": per_step, "peak_mb": None if failed else r.peak_mb,
+                     f"hours_for_{proj.steps}_steps": None if failed else per_step * proj.steps / 3600,
+                     "paper_memory_mb": paper.memory_mb if paper else None,
+                     "paper_hours": paper.hours if paper else None})
+    table = pd.DataFrame(rows).sort_values(["n_images", "mode"], kind="stable")
+    heading = (f"# SimuDy's cost against the dataset size ({settings_path})\n\nMeasured per outer step; the "
+               f"hours are {proj.steps} steps at that rate. The paper's figures: {proj.hardware or 'as reported'}.\n\n")
+    with atomic_path(Path(out_dir) / "projection.csv") as path:
+        table.to_csv(path, index=False, float_format="%.4g")
+    with atomic_path(Path(out_dir) / "projection.md") as path:
+        path.write_text(heading + table.to_markdown(index=False, floatfmt=".4g", missingval="") + "\n")
+    write_json(Path(out_dir) / "projection.json", _by_size(table, proj.steps))
+    return table
+
+
+def _by_size(table: pd.DataFrame, steps: int) -> dict:
+    """{n<size>: {mode: {seconds_per_step, peak_mb, hours}}}, for the catalogue."""
+    out: dict = {}
+    for r in table.itertuples(index=False):
+        out.setdefault(f"n{r.n_images}", {})[r.mode] = {
+            "seconds_per_step": r.seconds_per_step, "peak_mb": r.peak_mb,
+            "hours": getattr(r, f"hours_for_{steps}_steps")}
+    return out
 
 
 # -- float32 rounding against float64 ---------------------------------------------------------

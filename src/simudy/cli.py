@@ -19,12 +19,14 @@ import pandas as pd
 from simudy import (
     ablation,
     bench,
+    catalogue,
     checkpoints,
     data,
     describe,
     dvcstages,
     gpu,
     io,
+    linearity,
     pairing,
     report,
     schema,
@@ -72,7 +74,8 @@ def cmd_reconstruct(a) -> None:
     # depend on pairing's code.
     truth = Path(a.victim_dir) / "truth.npz"
     monitor = pairing.progress_monitor(data.load_dataset(truth)) if truth.exists() else None
-    info = reconstruct(_experiment(a).reconstruct, a.method, a.victim_dir, a.out_dir, a.work_dir, monitor)
+    info = reconstruct(_experiment(a).reconstruct, a.method, a.victim_dir, a.out_dir, a.work_dir, monitor,
+                       a.natural_images)
     log.info("%s: %d steps in %.1f s (%.3f s/step) on %s", a.method, info["steps"], info["seconds"],
              info["seconds_per_step"], info["device"])
     if a.score_dir:
@@ -102,6 +105,12 @@ def cmd_table(a) -> None:
     report.write_table([pd.read_csv(p) for p in a.rows], a.out, a.methods)
 
 
+def cmd_catalogue(a) -> None:
+    rows = catalogue.write_catalogue(load_registry(a.registry), a.catalogue, a.results, a.out_dir)
+    log.info("wrote %s: %d experiments of the paper, %d not built", Path(a.out_dir) / "catalogue.md", len(rows),
+             sum(r.status == catalogue.NOT_BUILT for r in rows))
+
+
 def cmd_ablation_run(a) -> None:
     curve = ablation.run(load_registry(a.registry), a.ablation, a.run, a.victim_dir, a.out_dir, a.work_dir)
     last = curve.iloc[-1]
@@ -114,6 +123,12 @@ def cmd_ablation_table(a) -> None:
     print(table.to_markdown(index=False, floatfmt=".3g"))
 
 
+def cmd_linearity(a) -> None:
+    table = linearity.run_table(load_registry(a.registry), a.table, a.profile, a.data, a.out_dir)
+    print(table[["network", "width", "parameters", "m_lin", "paper", "difference", "seconds"]]
+          .to_markdown(index=False, floatfmt=".4f"))
+
+
 def cmd_gpu(a) -> None:
     records = gpu.run(load_registry(a.registry), a.profile, a.cores)
     failed = [r["step"] for r in records if r["status"] != "done"]
@@ -124,6 +139,11 @@ def cmd_gpu(a) -> None:
 def cmd_bench(a) -> None:
     table = bench.run_benchmark(a.settings, a.out_dir, a.only)
     print(table.to_markdown(index=False, floatfmt=".4g"))
+
+
+def cmd_bench_projection(a) -> None:
+    table = bench.write_projection(a.settings, a.bench, a.out_dir)
+    log.info("wrote %s/projection.md (%d rows)", a.out_dir, len(table))
 
 
 def cmd_bench_one(a) -> None:
@@ -202,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = add("reconstruct", cmd_reconstruct, "run one of the experiment's attacks on a victim", method="method name",
             victim_dir="victim directory", out_dir="output directory", work_dir="snapshot directory (resume)")
     r.add_argument("--score-dir", help="then pair with the victim's truth.npz, as `simudy pair`, writing here")
+    r.add_argument("--natural-images", help="dataset file whose test split the attack may start from "
+                                             "(init_images: natural)")
     add("pair", cmd_pair, "pair reconstructions with training images by SSIM", experiment=False,
         victim_dir="victim directory", reconstruct_dir="reconstruction directory", out_dir="output directory")
     add("report", cmd_report, "figures, table rows and metrics over the experiment's methods",
@@ -213,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = add("table", cmd_table, "collect table rows into a markdown table", experiment=False, out="output .md")
     t.add_argument("--methods", nargs="+", help="keep only these methods' rows")
     t.add_argument("rows", nargs="+")
+    add("catalogue", cmd_catalogue, "the paper's experiments, the paper's value beside ours (from committed metrics)",
+        experiment=False, catalogue="catalogue file (params/catalogue.yaml)", results="results folder (read)",
+        out_dir="output directory (catalogue.md, catalogue.csv)")
     r = add("ablation-run", cmd_ablation_run, "one run of an ablation and its SSIM-against-time curve",
             experiment=False, victim_dir="victim directory", out_dir="output directory",
             work_dir="snapshot directory (resume)")
@@ -221,12 +246,19 @@ def build_parser() -> argparse.ArgumentParser:
     t = add("ablation-table", cmd_ablation_table, "an ablation's table and SSIM-against-time plot", experiment=False,
             runs_root="folder of the runs' outputs", out_dir="output directory")
     t.add_argument("--ablation", required=True)
+    lin = add("linearity", cmd_linearity, "M_lin, the linearity of training dynamics, per network (App. A, Tab. 1)",
+              experiment=False, data="canonical dataset file", out_dir="output directory")
+    lin.add_argument("--profile", required=True, help="the table's profile (paper, cpu, smoke)")
+    lin.add_argument("--table", help="the linearity table in the registry (default: the only one, tab1)")
     g = add("gpu", cmd_gpu, "fig1 and fig5 at paper scale and the GPU benchmark, in order", experiment=False)
     g.add_argument("--profile", default="paper", help="experiment profile (its `_fast` variant runs second)")
     g.add_argument("--cores", default="all", help="Snakemake --cores")
     b = add("bench", cmd_bench, "benchmark the simulator modes against the straightforward one", experiment=False,
             settings="benchmark settings (YAML)", out_dir="output directory")
     b.add_argument("--only", nargs="+", help="run only these cases")
+    add("bench-projection", cmd_bench_projection, "a benchmark's cost cases projected to a full run (Tab. 3)",
+        experiment=False, settings="benchmark settings (YAML)", bench="the suite's bench.csv",
+        out_dir="output directory")
     o = add("bench-one", cmd_bench_one, "one (case, mode) measurement, printed as JSON", experiment=False,
             settings="benchmark settings (YAML)", case="case name", mode="mode name")
     o.add_argument("--grad-out", help="save the first step's loss and image gradient here")

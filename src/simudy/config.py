@@ -16,7 +16,7 @@ import copy
 import itertools
 from functools import reduce
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -31,6 +31,9 @@ class Strict(BaseModel):
     # allow_inf_nan: an infinite learning rate or scale is never meant and only shows up later as
     # NaN images.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 Positive = Annotated[float, Field(gt=0)]
@@ -123,6 +126,16 @@ class AttackConfig(Strict):
     # Stop once the run's optimisation time (summed over resumes) passes this many minutes,
     # even before `steps`: for measurements at a fixed wall-time budget.
     max_minutes: float | None = Field(default=None, gt=0)
+    # Also keep the images every this many steps (and the initial ones) in the reconstruction
+    # file, for figures of the reconstruction over time (Fig. 8); a multiple of snapshot_every.
+    history_every: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _history_on_snapshots(self) -> AttackConfig:
+        if self.history_every is not None and self.history_every % self.snapshot_every:
+            raise ValueError(f"history_every ({self.history_every}) is not a multiple of snapshot_every "
+                             f"({self.snapshot_every})")
+        return self
 
 
 class SimulatorConfig(Strict):
@@ -180,6 +193,9 @@ class SimuDyConfig(AttackConfig):
     # larger set when the size is withheld; the extra dummies become insignificant.
     dummies: Positive = 1.0
     init_scale: Positive  # dummy images ~ init_scale * N(0, 1) in normalised space
+    # Or start from natural images the attacker holds, of the dummies' classes, never the
+    # victim's own (Fig. 8): the reconstruct stage passes the dataset's test split.
+    init_images: Literal["noise", "natural"] = "noise"
     sim_epochs: int = Field(ge=1)
     sim_batch_size: int | None = Field(default=None, ge=1)  # None = the victim's, else search.batch_size
     sim_lr: Positive | None = None  # None = the victim's, else picked by `search`
@@ -273,6 +289,10 @@ class ThreatConfig(Strict):
     dataset_size: bool  # how many images the victim was trained on
 
 
+# A sweep's value: a number, or a choice's name (loss: [cosine, euclidean]).
+GridValue = Annotated[float, Field(allow_inf_nan=False)] | Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9]*$")]
+
+
 class SweepConfig(Strict):
     """One of the experiment's methods run over a grid of its settings (Figs. 2, 3, 7, 9, 10):
     every grid point is a run of its own, named after the method and the point, e.g.
@@ -280,7 +300,7 @@ class SweepConfig(Strict):
 
     method: str
     # Attack setting (dotted where nested: search.batch_size) -> its values; all combinations run.
-    grid: dict[str, list[Annotated[float, Field(allow_inf_nan=False)]]] = Field(min_length=1)
+    grid: dict[str, list[GridValue]] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _values(self) -> SweepConfig:
@@ -289,22 +309,25 @@ class SweepConfig(Strict):
             raise ValueError(f"grid.{empty[0]} lists no values")
         return self
 
-    def points(self) -> dict[str, dict[str, float]]:
+    def points(self) -> dict[str, dict[str, float | str]]:
         """Run name -> its grid values (setting -> value), in grid order."""
         combos = (dict(zip(self.grid, combo)) for combo in itertools.product(*self.grid.values()))
         return {point_name(self.method, values): values for values in combos}
 
-    def overrides(self, values: dict[str, float]) -> Overrides:
+    def overrides(self, values: dict[str, float | str]) -> Overrides:
         """What a point changes in the method's settings."""
         return reduce(deep_merge, (_nested(key, v) for key, v in values.items()), {})
 
 
-def point_name(prefix: str, values: dict[str, float]) -> str:
-    """`simudy` and {sim_lr: 0.005} -> `simudy_sim_lr0p005` (characters a Snakemake wildcard takes)."""
+def point_name(prefix: str, values: dict[str, float | str]) -> str:
+    """`simudy` and {sim_lr: 0.005} -> `simudy_sim_lr0p005`, {loss: cosine} -> `simudy_losscosine`
+    (characters a Snakemake wildcard takes)."""
     return "_".join([prefix, *(f"{key.split('.')[-1]}{_tag(v)}" for key, v in values.items())])
 
 
-def _tag(value: float) -> str:
+def _tag(value: float | str) -> str:
+    if isinstance(value, str):
+        return value
     return format(int(value) if float(value).is_integer() else value, "g").replace(".", "p").replace("-", "m")
 
 
@@ -371,6 +394,9 @@ class EvaluateConfig(Strict):
     # The paper's other numbers, by the name of our metric they compare with (a sweep's
     # `final_loss`, `contribution_matched_mean`, ...), printed beside ours.
     paper_values: dict[str, float] = {}
+    # Runs that keep their images over time (history_every) are also scored at this run's
+    # total wall time: methods compared at equal time.
+    time_reference: str | None = None
 
 
 class ExperimentConfig(Strict):
@@ -378,7 +404,8 @@ class ExperimentConfig(Strict):
 
     name: str
     profile: str
-    victim_profile: str  # the profile whose victim (θ0, θf) this one attacks: its own unless shared
+    victim_experiment: str  # the experiment whose victim (θ0, θf) this one attacks: its own unless shared
+    victim_profile: str  # ... at this profile: its own unless shared
     title: str
     dataset: str
     data: DatasetConfig
@@ -423,6 +450,9 @@ class ExperimentEntry(Sections):
     title: str
     dataset: str
     profiles: dict[str, Profile]
+    # Attack the victim another experiment trains, at each profile (e.g. `tv` attacks fig1's):
+    # its dataset and its init and victim sections are that experiment's; this one's stay empty.
+    victim_of: str | None = None
 
 
 class Group(Strict):
@@ -469,6 +499,63 @@ class AblationConfig(Strict):
         return reduce(deep_merge, kept, {})
 
 
+class LinearityNetwork(Strict):
+    """One network of a linearity table: its architecture, as `InitConfig` names it."""
+
+    arch: str
+    hidden: list[Annotated[int, Field(ge=1)]] | None = None  # MLP hidden widths ([w, w]: two hidden layers)
+    width: int | None = Field(default=None, ge=1)  # ResNet base width
+    init: Literal["random", "pretrained"] | None = None  # None: the table's `init`
+    paper: float | None = Field(default=None, ge=-1, le=1)  # the paper's M_lin, printed beside ours
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {k: v for k, v in {"hidden": self.hidden, "width": self.width}.items() if v is not None}
+
+
+class LinearityConfig(Strict):
+    """App. A's measurement (simudy.linearity): each network trained from θ0 on the first
+    `per_class` images of each class of the train split with the victims' recipe (plain SGD in
+    eval mode, images in order), and M_lin (Eq. 6), the mean over images of the mean cosine
+    between the image's loss gradients at the parameters each of the `epochs` epochs starts from."""
+
+    title: str
+    dataset: str
+    per_class: int = Field(ge=1)
+    offset: int = Field(default=0, ge=0)
+    epochs: int = Field(ge=2)  # T: Eq. 6 averages over pairs of epochs
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    seed: int  # each network's random init (and pre-training) starts from this seed
+    # θ0: a seeded random init, or pre-trained as `defaults.init` says (on the test split),
+    # changed by `pretrain`; a network's own `init` takes precedence.
+    init: Literal["random", "pretrained"]
+    pretrain: Overrides = {}
+    chunk: int = Field(default=10, ge=1)  # images whose running gradient sums are held at once
+    networks: dict[str, LinearityNetwork] = Field(min_length=1)
+    run: list[str] | None = None  # the networks measured, in this order; None = all of them
+
+    @model_validator(mode="after")
+    def _known_networks(self) -> LinearityConfig:
+        if self.run is not None:
+            unknown = [n for n in self.run if n not in self.networks]
+            if unknown or not self.run or len(set(self.run)) < len(self.run):
+                raise ValueError(f"run must name distinct networks of `networks` ({sorted(self.networks)}), "
+                                 f"got {self.run}")
+        return self
+
+    def measured(self) -> list[str]:
+        return list(self.run if self.run is not None else self.networks)
+
+    def network_init(self, name: str) -> str:
+        return self.networks[name].init or self.init
+
+
+class LinearityEntry(LinearityConfig):
+    """A linearity table in the registry: the paper's values, and per profile what changes."""
+
+    profiles: dict[str, Overrides] = Field(min_length=1)
+
+
 class Registry(Strict):
     active_profile: str
     datasets: dict[str, DatasetConfig]
@@ -476,6 +563,8 @@ class Registry(Strict):
     experiments: dict[str, ExperimentEntry]
     groups: dict[str, Group] = {}
     ablations: dict[str, AblationConfig] = {}
+    # Tables of App. A's linearity of training dynamics (simudy.linearity), e.g. `tab1`.
+    linearity: dict[str, LinearityEntry] = {}
     _source: str = PrivateAttr(default="<registry>")
 
     @model_validator(mode="after")
@@ -486,6 +575,8 @@ class Registry(Strict):
             if self.active_profile not in exp.profiles:
                 raise ValueError(f"active_profile {self.active_profile!r}: experiment {name!r} has no such profile "
                                  f"(it has {sorted(exp.profiles)})")
+            if exp.victim_of is not None:
+                self._check_victim_of(name, exp)
         for name, group in self.groups.items():
             if name in self.experiments:
                 raise ValueError(f"group {name!r} has the name of an experiment")
@@ -501,7 +592,29 @@ class Registry(Strict):
                                  f"{ab.profile!r} and {ab.baseline_profile!r}")
             if max(ab.at_minutes) > ab.minutes:
                 raise ValueError(f"ablation {name!r}: at_minutes beyond the budget of {ab.minutes} minutes")
+        for name, lin in self.linearity.items():
+            if name in self.experiments or name in self.groups or name in self.ablations:
+                raise ValueError(f"linearity {name!r} has the name of an experiment, group or ablation")
+            if lin.dataset not in self.datasets:
+                raise ValueError(f"linearity {name!r} uses unknown dataset {lin.dataset!r}")
+            if self.active_profile not in lin.profiles:
+                raise ValueError(f"active_profile {self.active_profile!r}: linearity {name!r} has no such profile "
+                                 f"(it has {sorted(lin.profiles)})")
         return self
+
+    def _check_victim_of(self, name: str, exp: ExperimentEntry) -> None:
+        owner = self.experiments.get(exp.victim_of)
+        if owner is None or owner.victim_of is not None:
+            raise ValueError(f"experiment {name!r}: victim_of {exp.victim_of!r} is not an experiment that trains "
+                             "its own victim")
+        if owner.dataset != exp.dataset:
+            raise ValueError(f"experiment {name!r}: dataset {exp.dataset!r} differs from that of its victim_of "
+                             f"{exp.victim_of!r} ({owner.dataset!r})")
+        missing = sorted(exp.profiles.keys() - owner.profiles.keys())
+        if missing:
+            raise ValueError(f"experiment {name!r}: its victim_of {exp.victim_of!r} has no profile {missing}")
+        if exp.init or exp.victim or any(p.init or p.victim or p.victim_of for p in exp.profiles.values()):
+            raise ValueError(f"experiment {name!r}: with victim_of, leave init and victim empty at every profile")
 
     def ablation(self, name: str) -> AblationConfig:
         if name not in self.ablations:
@@ -519,25 +632,50 @@ class Registry(Strict):
         except ValidationError as err:
             raise SimudyError(f"{self._source}: ablation {name!r}, run {run!r}: {_format(err)}") from None
 
+    def linearity_table(self, name: str | None, profile: str) -> tuple[str, LinearityConfig]:
+        """A linearity table's settings at a profile (the entry, then the profile's changes);
+        `name` may be None where the registry has exactly one table."""
+        if name is None and len(self.linearity) == 1:
+            name = next(iter(self.linearity))
+        if name not in self.linearity:
+            raise SimudyError(f"{self._source}: unknown linearity table {name!r}; known: {sorted(self.linearity)}")
+        entry = self.linearity[name]
+        if profile not in entry.profiles:
+            raise SimudyError(f"{self._source}: linearity {name!r} has no profile {profile!r}; "
+                              f"known: {sorted(entry.profiles)}")
+        merged = deep_merge(entry.model_dump(exclude={"profiles"}, exclude_unset=True), entry.profiles[profile])
+        try:
+            cfg = LinearityConfig.model_validate(merged)
+            for net in cfg.measured():
+                if cfg.network_init(net) == "pretrained":
+                    self.linearity_theta0(cfg, net)
+        except ValidationError as err:
+            raise SimudyError(f"{self._source}: linearity {name!r} at profile {profile!r}: {_format(err)}") from None
+        return name, cfg
+
+    def linearity_theta0(self, cfg: LinearityConfig, network: str) -> InitConfig:
+        """How a pre-trained network's θ0 is made: `defaults.init` with the table's `pretrain`
+        changes, for the network's architecture."""
+        net = cfg.networks[network]
+        arch = {"arch": net.arch, "hidden": net.hidden, "width": net.width, "init": "pretrained", "seed": cfg.seed}
+        return InitConfig.model_validate(deep_merge(deep_merge(self.defaults.init, cfg.pretrain), arch))
+
     def resolve(self, experiment: str, profile: str, overrides: Overrides | None = None) -> ExperimentConfig:
         if experiment not in self.experiments:
             raise SimudyError(f"{self._source}: unknown experiment {experiment!r}; known: {sorted(self.experiments)}")
         entry = self.experiments[experiment]
         merged = self._merged(experiment, profile)
-        own = entry.profiles[profile]
-        shared = own.victim_of
-        if shared is not None:
-            other = self._merged(experiment, shared)
-            if own.init or own.victim or entry.profiles[shared].victim_of is not None:
-                raise SimudyError(f"{self._source}: experiment {experiment!r} at profile {profile!r}: with victim_of, "
-                                  f"leave init and victim empty and name a profile that trains its own victim")
+        owner, shared = self.victim_owner(experiment, profile)
+        if (owner, shared) != (experiment, profile):
+            other = self._merged(owner, shared)
             merged.update(init=other["init"], victim=other["victim"])
         merged = deep_merge(merged, overrides or {})
         try:
             return ExperimentConfig(
                 name=experiment,
                 profile=profile,
-                victim_profile=shared or profile,
+                victim_experiment=owner,
+                victim_profile=shared,
                 title=entry.title,
                 dataset=entry.dataset,
                 data=self.datasets[entry.dataset],
@@ -548,6 +686,19 @@ class Registry(Strict):
             raise SimudyError(
                 f"{self._source}: experiment {experiment!r} at profile {profile!r}{where}: {_format(err)}"
             ) from None
+
+    def victim_owner(self, experiment: str, profile: str) -> tuple[str, str]:
+        """The experiment and profile that train the victim `experiment` attacks at `profile`."""
+        entry = self.experiments[experiment]
+        own = entry.profiles[profile]
+        if own.victim_of is not None:
+            if own.init or own.victim or entry.profiles[own.victim_of].victim_of is not None:
+                raise SimudyError(f"{self._source}: experiment {experiment!r} at profile {profile!r}: with victim_of, "
+                                  f"leave init and victim empty and name a profile that trains its own victim")
+            return experiment, own.victim_of
+        if entry.victim_of is not None:
+            return self.victim_owner(entry.victim_of, profile)
+        return experiment, profile
 
     def _merged(self, experiment: str, profile: str) -> dict[str, Overrides]:
         entry = self.experiments[experiment]
@@ -643,20 +794,28 @@ def parse_overrides(items: list[str]) -> Overrides:
     return out
 
 
-def load_registry(path: str | Path = DEFAULT_REGISTRY) -> Registry:
+def read_model(path: str | Path, model: type[M]) -> M:
+    """A YAML file validated as `model`; a mistake is an error naming the file and the key."""
     path = Path(path)
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise SimudyError(f"{path}: expected a mapping at the top level")
     try:
-        registry = Registry(**raw)
+        return model(**raw)
     except ValidationError as err:
         raise SimudyError(f"{path}: {_format(err)}") from None
+
+
+def load_registry(path: str | Path = DEFAULT_REGISTRY) -> Registry:
+    registry = read_model(path, Registry)
     registry._source = str(path)
     for name, entry in registry.experiments.items():  # a mistake anywhere in the file fails here
         for profile in entry.profiles:
             registry.resolve(name, profile)
     _check_ablations(registry)
+    for name, entry in registry.linearity.items():
+        for profile in entry.profiles:
+            registry.linearity_table(name, profile)
     return registry
 
 

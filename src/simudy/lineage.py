@@ -34,8 +34,11 @@ ENTRY = {
     "group_table": ["simudy.report"],
     "ablation_run": ["simudy.ablation", "simudy.attacks.simudy"],
     "ablation_table": ["simudy.ablation"],
+    "linearity": ["simudy.linearity"],
+    "catalogue": ["simudy.catalogue"],
     "benchmark_suite": ["simudy.bench", "simudy.attacks.simudy"],
     "bench_precision": ["simudy.bench", "simudy.attacks.simudy"],
+    "bench_projection": ["simudy.bench"],
 }
 
 
@@ -94,10 +97,10 @@ def step_code(rule: str, attack: str | None = None) -> list[str]:
 
 def _layers(reg: Registry, experiment: str, profile: str, section: str) -> list[str]:
     """Dotted registry keys whose merge gives `section` of an experiment at a profile."""
-    owner = reg.experiments[experiment].profiles[profile].victim_of if section in ("init", "victim") else None
-    at = owner or profile
+    if section in ("init", "victim"):
+        experiment, profile = reg.victim_owner(experiment, profile)
     return [f"defaults.{section}", f"experiments.{experiment}.{section}",
-            f"experiments.{experiment}.profiles.{at}.{section}"]
+            f"experiments.{experiment}.profiles.{profile}.{section}"]
 
 
 _MISSING = object()

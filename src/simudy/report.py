@@ -18,7 +18,7 @@ from simudy.checkpoints import load_weights  # noqa: E402
 from simudy.config import ExperimentConfig  # noqa: E402
 from simudy.data import load_dataset  # noqa: E402
 from simudy.io import atomic_path, read_json, save_figure, write_json  # noqa: E402
-from simudy.pairing import channels_last, to_pixels  # noqa: E402
+from simudy.pairing import channels_last, progress_monitor, to_pixels  # noqa: E402
 
 ROW_COLUMNS = ["experiment", "profile", "method", "attack", "model", "n_images", "n_recon", "steps", "ssim",
                "paper_ssim", "paper_ref", "ssim_hungarian", "ssim_pixel", "psnr_pixel", "frac_ssim_ge_0.4", "seconds",
@@ -34,6 +34,8 @@ class MethodResult:
     run: dict
     metrics: dict
     dummies: pd.DataFrame  # every reconstruction, paired or not
+    history: tuple[np.ndarray, np.ndarray] | None = None  # (steps [k], pixels [k, n, H, W, C]) if kept
+    curve: pd.DataFrame | None = None  # step, seconds, ssim of the kept images, if kept
 
 
 def make_report(cfg: ExperimentConfig, victim_dir, reconstruct_root, evaluate_root, out_dir,
@@ -47,30 +49,61 @@ def make_report(cfg: ExperimentConfig, victim_dir, reconstruct_root, evaluate_ro
     for r in results:
         reconstruction_figure(out_dir / "methods" / f"{r.name}.png", r.recon_px, train_px, r.pairs, _title(cfg, r),
                               cfg.evaluate.show, cfg.evaluate.columns)
+        if r.history is not None:
+            history_figure(out_dir / "methods" / f"{r.name}_over_time.png", r, train_px,
+                           f"{cfg.title} [{r.name}, {cfg.profile} profile]: the reconstruction over time",
+                           cfg.evaluate.columns)
     comparison_figure(out_dir / "figure.png", train_px, results, f"{cfg.title} [{cfg.profile} profile]",
                       cfg.evaluate.show, cfg.evaluate.columns)
     loss_figure(out_dir / "loss.png", results, f"{cfg.title} [{cfg.profile}]")
     rows = pd.DataFrame([_row(cfg, r) for r in results])[ROW_COLUMNS]
     with atomic_path(out_dir / "rows.csv") as tmp:
         rows.to_csv(tmp, index=False)
-    write_json(metrics_out, {r.name: r.metrics for r in results})
+    write_json(metrics_out, {r.name: {**r.metrics, **_convergence(cfg, r, results)} for r in results})
     return rows
+
+
+def _convergence(cfg: ExperimentConfig, r: MethodResult, results: list[MethodResult]) -> dict:
+    """For a run whose images were kept over time: its SSIM curve, how much its loss still fell
+    over the last quarter of the run (near 0: a plateau), and its SSIM at the wall time of
+    `evaluate.time_reference`'s whole run (equal time, where that run is another)."""
+    if r.curve is None:
+        return {}
+    loss = r.loss["loss"].to_numpy()
+    late = loss[(3 * len(loss)) // 4]
+    out = {"curve": r.curve.round(5).to_dict(orient="list"),
+           "loss_drop_last_quarter": float((late - loss[-1]) / abs(late)) if late else None}
+    ref = next((x for x in results if x.name == cfg.evaluate.time_reference), None)
+    if ref is not None:
+        budget = float(ref.run["seconds"])
+        within = r.curve[r.curve["seconds"] <= budget + 1e-9]
+        out[f"ssim_at_{ref.name}_seconds"] = float(within["ssim"].iloc[-1])
+        out["reference_seconds"] = budget
+    return out
 
 
 def load_results(cfg: ExperimentConfig, victim_dir, reconstruct_root, evaluate_root) -> tuple[np.ndarray, list]:
     """The training images (channels-last [0, 1] pixels) and every run's MethodResult."""
     truth = load_dataset(Path(victim_dir) / "truth.npz")
     pixels = lambda x: to_pixels(channels_last(x), truth.mean, truth.std)  # noqa: E731
+    score = progress_monitor(truth)
     runs = cfg.reconstruct.runs()
-    return pixels(truth.normalised()), [_load(m, Path(reconstruct_root) / m, Path(evaluate_root) / m, pixels)
+    return pixels(truth.normalised()), [_load(m, Path(reconstruct_root) / m, Path(evaluate_root) / m, pixels, score)
                                         for m in runs]
 
 
-def _load(method: str, rec_dir: Path, ev_dir: Path, pixels) -> MethodResult:
-    recon = load_weights(rec_dir / "reconstruction.safetensors")["images"]
-    return MethodResult(method, pixels(recon), pd.read_csv(ev_dir / "pairs.csv"), pd.read_csv(rec_dir / "loss.csv"),
-                        read_json(rec_dir / "run.json"), read_json(ev_dir / "metrics.json"),
-                        pd.read_csv(ev_dir / "dummies.csv"))
+def _load(method: str, rec_dir: Path, ev_dir: Path, pixels, score) -> MethodResult:
+    saved = load_weights(rec_dir / "reconstruction.safetensors")
+    r = MethodResult(method, pixels(saved["images"]), pd.read_csv(ev_dir / "pairs.csv"),
+                     pd.read_csv(rec_dir / "loss.csv"), read_json(rec_dir / "run.json"),
+                     read_json(ev_dir / "metrics.json"), pd.read_csv(ev_dir / "dummies.csv"))
+    if "history" in saved:
+        steps = saved["history_steps"].tolist()
+        r.history = (np.array(steps), np.stack([pixels(h) for h in saved["history"]]))
+        seconds = r.loss.set_index("step")["seconds"]
+        r.curve = pd.DataFrame({"step": steps, "seconds": [float(seconds.get(s, 0.0)) for s in steps],
+                                "ssim": [score(h)["ssim"] for h in saved["history"]]})
+    return r
 
 
 def _row(cfg: ExperimentConfig, r: MethodResult) -> dict:
@@ -163,6 +196,31 @@ def reconstruction_figure(path, recon_px: np.ndarray, train_px: np.ndarray, pair
     save_figure(fig, path)
 
 
+def history_figure(path, r: MethodResult, train_px: np.ndarray, title: str, columns: int) -> None:
+    """The best-paired dummies (columns, by their final SSIM) at each kept step (rows, the
+    initial images first), above the training images they end up paired with (Fig. 8)."""
+    steps, frames = r.history
+    top = r.pairs.sort_values("ssim", ascending=False).head(columns)
+    labels = [f"step {s}" for s in steps] + ["training"]
+    heading = _wrap(title, 1.1 * columns + 1.0)
+    fig, axes = plt.subplots(len(labels), len(top), squeeze=False,
+                             figsize=(1.1 * len(top) + 1.0, 1.15 * len(labels) + _title_height(heading)),
+                             gridspec_kw={"hspace": 0.1, "wspace": 0.05})
+    for ax in axes.flat:
+        ax.axis("off")
+    for c, row in enumerate(top.itertuples()):
+        for k in range(len(steps)):
+            _show(axes[k, c], frames[k, row.recon])
+        _show(axes[-1, c], train_px[row.train])
+        axes[-1, c].set_title(f"{row.ssim:.2f}", fontsize=7, pad=2)
+    for k, label in enumerate(labels):
+        axes[k, 0].text(-0.1, 0.5, label, transform=axes[k, 0].transAxes, ha="right", va="center", fontsize=7)
+    fig.suptitle(heading, fontsize=9)
+    fig.subplots_adjust(left=1.0 / fig.get_figwidth(), right=0.99, bottom=0.01,
+                        top=1 - _title_height(heading) / fig.get_figheight())
+    save_figure(fig, path)
+
+
 def _show(ax, img: np.ndarray) -> None:
     if img.shape[-1] == 1:
         ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
@@ -175,10 +233,16 @@ def loss_figure(path, results: list[MethodResult], title: str) -> None:
     losses are on different scales, so each has its own panel."""
     columns = min(4, len(results))
     rows = -(-len(results) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.3 * rows), squeeze=False)
-    for ax in axes.flat[len(results):]:
+    curves = [r for r in results if r.curve is not None]
+    extra = 1 if curves else 0
+    fig, axes = plt.subplots(rows + extra, max(columns, 2 * extra), figsize=(4.2 * max(columns, 2 * extra),
+                             3.3 * (rows + extra)), squeeze=False)
+    for ax in axes.flat:
         ax.axis("off")
-    for ax, r in zip(axes.flat, results):
+    if curves:
+        _ssim_panels(axes[-1, 0], axes[-1, 1], curves)
+    for ax, r in zip(axes[:rows, :columns].flat, results):
+        ax.axis("on")
         ax.plot(r.loss["step"], r.loss["loss"], lw=0.8, label="loss")
         if "distance" in r.loss:
             ax.plot(r.loss["step"], r.loss["distance"], lw=0.8, alpha=0.7, label="parameter distance")
@@ -191,6 +255,18 @@ def loss_figure(path, results: list[MethodResult], title: str) -> None:
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def _ssim_panels(by_time, by_step, curves: list[MethodResult]) -> None:
+    """Mean SSIM of the kept images against the optimisation time and against the steps."""
+    for ax, x, label in ((by_time, "seconds", "optimisation time (s)"), (by_step, "step", "step")):
+        ax.axis("on")
+        for r in curves:
+            ax.plot(r.curve[x], r.curve["ssim"], lw=1.0, marker=".", ms=3, label=r.name)
+        ax.set_xlabel(label)
+        ax.set_ylabel("mean SSIM (paper protocol)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
 
 
 def write_table(rows: list[pd.DataFrame], path, methods: list[str] | None = None) -> pd.DataFrame:

@@ -24,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from simudy.checkpoints import save_weights
+from simudy.errors import SimudyError
 from simudy.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,12 @@ class RunDir:
         save_weights(self.path / "snapshots" / f"images_{state.step:07d}.safetensors", {"images": images})
         meta = {"fingerprint": self.fingerprint, "step": str(state.step), "seconds": repr(state.seconds)}
         save_weights(self.path / STATE_FILE, state.tensors, metadata=meta)
+
+    def snapshot_images(self, step: int) -> torch.Tensor:
+        path = self.path / "snapshots" / f"images_{step:07d}.safetensors"
+        if not path.exists():
+            raise SimudyError(f"{path}: not found; the run's image snapshot at step {step} is gone")
+        return load_file(str(path))["images"]
 
     def _clear(self) -> None:
         (self.path / STATE_FILE).unlink(missing_ok=True)

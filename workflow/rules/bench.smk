@@ -27,9 +27,33 @@ rule benchmark_suite:
         cli("bench --settings {input.settings:q} --out-dir \"$(dirname {output.table:q})\"")
 
 
+rule bench_projection:
+    input:
+        settings="bench/{suite}.yaml",
+        bench=rules.benchmark_suite.output.csv,
+        code=code("bench_projection"),
+    output:
+        table=update(report(f"{BENCH}/projection.md", caption="../report/projection.rst", category="tables",
+                            labels={"table": "cost against dataset size", "suite": "{suite}"})),
+        csv=update(f"{BENCH}/projection.csv"),
+        json=update(f"{BENCH}/projection.json"),
+    conda:
+        ENV
+    log:
+        f"{BENCH}/projection.log",
+    shell:
+        cli("bench-projection --settings {input.settings:q} --bench {input.bench:q} --out-dir \"$(dirname {output.table:q})\"")
+
+
 rule bench:
     input:
         "results/bench/cpu/bench.md",
+
+
+# Tab. 3: cost against the dataset size at the paper's setting, projected to the paper's 30 000 steps.
+rule tab3:
+    input:
+        "results/bench/tab3/projection.md",
 
 
 rule bench_gpu:

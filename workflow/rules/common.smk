@@ -75,7 +75,13 @@ def per_method(pattern):
 
 def victim_file(name):
     """Input function: a file of the victim this run attacks (its profile's, or a shared one)."""
-    return lambda w: f"results/{w.experiment}/{cfg(w).victim_profile}/victim/{name}"
+    return lambda w: f"results/{cfg(w).victim_experiment}/{cfg(w).victim_profile}/victim/{name}"
+
+
+def natural_images(w):
+    """Input function: the dataset file, for a run that starts from natural images (Fig. 8)."""
+    attack = cfg(w).reconstruct.method(w.method)
+    return [dataset_file(w)] if getattr(attack, "init_images", "noise") == "natural" else []
 
 
 def dataset_file(w):
@@ -107,6 +113,22 @@ def bench_victims(w):
     cases = yaml.safe_load(open(f"bench/{w.suite}.yaml"))["cases"].values()
     runs = {(c["experiment"], c["profile"]) for c in cases if c["kind"] == "quality"}
     return [f"results/{e}/{p}/victim/thetaf.safetensors" for e, p in sorted(runs)]
+
+
+def catalogue_metrics(catalogue):
+    """Input function: the metrics files the catalogue reads that exist now, flagged
+    before_update: a changed one reruns the table, but no experiment runs to make one."""
+    from simudy.catalogue import input_files
+
+    return lambda w: [before_update(f) for f in input_files(catalogue, REG, "results")]
+
+
+def linearity_settings(w):
+    """Params value: a linearity table's settings at the profile, and the θ0 recipe of its
+    pre-trained networks (a change to either reruns the job)."""
+    _, lin = REG.linearity_table(w.linearity, w.profile)
+    theta0 = {n: REG.linearity_theta0(lin, n).model_dump() for n in lin.measured() if lin.network_init(n) == "pretrained"}
+    return json.dumps({"table": lin.model_dump(), "theta0": theta0}, sort_keys=True)
 
 
 def ablation_victim(w):

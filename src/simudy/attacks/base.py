@@ -44,6 +44,9 @@ class ThreatModel:
     granted: frozenset[str]
     n_images: int | None
     hyperparams: TrainingHyperparams | None
+    # Natural images the attacker holds, none of them the victim's own (normalised [N, C, H, W]
+    # and their classes [N]), where the run was given some: a prior, not a leak.
+    natural: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def from_victim(cls, victim: Victim, grants: ThreatConfig) -> ThreatModel:

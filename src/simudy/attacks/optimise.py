@@ -96,7 +96,15 @@ class IterativeAttack(Attack):
                 "n_images": len(self.images()), "final_loss": float(rows[-1]["loss"]) if rows else None,
                 "loss_rows": rows}
         labels = None if self.labels is None else self.labels.cpu()
-        return Reconstruction(images=self.images().detach().cpu(), labels=labels, info=info)
+        extras = self._history(run, done) if cfg.history_every else {}
+        return Reconstruction(images=self.images().detach().cpu(), labels=labels, info=info, extras=extras)
+
+    def _history(self, run: RunDir, done: int) -> dict[str, torch.Tensor]:
+        """The initial images and the snapshots every `history_every` steps up to `done`:
+        `history` [k, n, C, H, W] and `history_steps` [k]."""
+        steps = list(range(0, done + 1, self.cfg.history_every))
+        images = [self.initial_images, *(run.snapshot_images(s) for s in steps[1:])]
+        return {"history": torch.stack(images), "history_steps": torch.tensor(steps)}
 
     def start(self, victim: Victim, threat: ThreatModel, device: torch.device) -> Victim:
         """Check the threat model, then set up the tensors and optimisers on `device` for the
@@ -107,6 +115,7 @@ class IterativeAttack(Attack):
         self.labels: torch.Tensor | None = None
         self.optimizers: list[torch.optim.Optimizer] = []
         self.setup(victim, threat, device)
+        self.initial_images = self.images().detach().cpu().clone()
         return victim
 
     def _check_finite(self, step: int, row: dict, workdir: Path) -> None:

@@ -102,7 +102,10 @@ class SimuDy(IterativeAttack):
         gen = torch.Generator().manual_seed(cfg.seed)
         n = max(1, round(cfg.dummies * self.n_images(threat)))
         x = cfg.init_scale * torch.randn((n, *threat.image_shape), generator=gen)
-        self.labels = balanced_labels(n, threat.num_classes, gen).to(device)
+        labels = balanced_labels(n, threat.num_classes, gen)
+        if cfg.init_images == "natural":
+            x = natural_images(threat, labels)
+        self.labels = labels.to(device)
         self.tensors = {"images": x.to(device).requires_grad_(True)}
         self.optimizers = [torch.optim.Adam([self.tensors["images"]], lr=cfg.lr, betas=tuple(cfg.betas))]
 
@@ -148,6 +151,23 @@ class SimuDy(IterativeAttack):
             loss.backward()
         opt.step()
         return {"loss": loss.item(), **parts, "lr": lr}
+
+
+def natural_images(threat: ThreatModel, labels: torch.Tensor) -> torch.Tensor:
+    """For each dummy, the next natural image of its class, in the pool's order (Fig. 8)."""
+    if threat.natural is None:
+        raise SimudyError("simudy: init_images is natural, but the run was given no natural images "
+                          "(the reconstruct stage's --natural-images)")
+    pool, pool_labels = threat.natural
+    index = torch.empty_like(labels)
+    for c in labels.unique().tolist():
+        slots = labels == c
+        have = torch.nonzero(pool_labels == c).flatten()
+        if len(have) < int(slots.sum()):
+            raise SimudyError(f"simudy: init_images natural needs {int(slots.sum())} natural images of class {c}, "
+                              f"the pool holds {len(have)}")
+        index[slots] = have[: int(slots.sum())]
+    return pool[index].clone()
 
 
 def _probe_folder(lr: float) -> str:
