@@ -3,9 +3,12 @@ kept at intervals for a figure of the reconstruction over time."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -14,7 +17,7 @@ from simudy.checkpoints import load_weights
 from simudy.config import load_experiment
 from simudy.data import load_dataset
 from simudy.errors import SimudyError
-from simudy.report import make_report
+from simudy.report import _convergence, make_report
 from tests.conftest import ROOT, reconstruct_demo, run_cli
 from tests.test_attacks import ALL, attack_config, tiny_victim
 
@@ -93,6 +96,10 @@ def test_the_cli_starts_from_the_test_split_and_the_report_draws_the_history(vic
     make_report(cfg, victim, tmp_path / "reconstruct", tmp_path / "evaluate", tmp_path / "report",
                 tmp_path / "metrics.json")
     assert (tmp_path / "report" / "methods" / "simudy_over_time.png").stat().st_size > 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())["simudy"]
+    assert metrics["curve"]["step"] == [0, 10, 20]
+    assert metrics["curve"]["ssim"][-1] == pytest.approx(metrics["ssim"], abs=1e-4)  # the final images
+    assert "loss_drop_last_quarter" in metrics
 
 
 def test_the_cli_refuses_natural_images_of_other_classes(victim, tmp_path, digits_file):
@@ -103,3 +110,19 @@ def test_the_cli_refuses_natural_images_of_other_classes(victim, tmp_path, digit
     code, _ = reconstruct_demo(victim, tmp_path, "--set", "reconstruct.attacks.simudy.init_images=natural",
                                "--natural-images", str(other))
     assert code == 2
+
+
+def test_a_run_is_scored_at_the_reference_runs_wall_time():
+    def result(name, seconds, ssim, total):
+        curve = pd.DataFrame({"step": range(len(ssim)), "seconds": seconds, "ssim": ssim})
+        return SimpleNamespace(name=name, curve=curve, run={"seconds": total},
+                               loss=pd.DataFrame({"loss": [4.0, 3.0, 2.0, 1.0, 1.0, 0.9, 0.9, 0.9]}))
+
+    fast = result("simudy", [0, 10, 20], [0.0, 0.5, 0.8], 20.0)
+    slow = result("loo", [0, 15, 30, 45], [0.0, 0.1, 0.2, 0.3], 45.0)
+    cfg = SimpleNamespace(evaluate=SimpleNamespace(time_reference="simudy"))
+    out = _convergence(cfg, slow, [fast, slow])
+    assert out["ssim_at_simudy_seconds"] == 0.1 and out["reference_seconds"] == 20.0
+    assert out["loss_drop_last_quarter"] == pytest.approx(0.0)  # 0.9 -> 0.9: a plateau
+    assert "ssim_at_simudy_seconds" not in _convergence(SimpleNamespace(evaluate=SimpleNamespace(
+        time_reference=None)), slow, [fast, slow])
