@@ -304,7 +304,8 @@ def write_projection(settings_path: str | Path, bench_csv: str | Path, out_dir: 
     with atomic_path(Path(out_dir) / "projection.csv") as path:
         table.to_csv(path, index=False, float_format="%.4g")
     with atomic_path(Path(out_dir) / "projection.md") as path:
-        path.write_text(heading + table.to_markdown(index=False, floatfmt=".4g", missingval="") + "\n")
+        formats = ("g", "g", "g", ".2f", ".0f", ".1f", ".0f", ".2f")  # the columns of `rows`, in order
+        path.write_text(heading + table.to_markdown(index=False, floatfmt=formats, missingval="") + "\n")
     write_json(Path(out_dir) / "projection.json", _by_size(table, proj.steps))
     return table
 

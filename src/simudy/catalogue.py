@@ -646,7 +646,8 @@ another measure; `a–b` is the range over a group's experiments; `m ± sd (n se
 several attack seeds. `commit`: the last commit that changed each metrics file, per profile.
 Status: **reproduced** / **differs** — a `{paper}`-profile value within / outside {tolerance} of the
 paper's (or the row's own tolerance); **scaled** — a reduced run that reconstructs; **plumbing** — the
-run works but means nothing at that scale; **built, not run** — a target without committed metrics;
+run works but means nothing at that scale; **measured** — a benchmark at the paper's width on the
+machine at hand; **built, not run** — a target without committed metrics;
 **not built** — no target yet. A `cpu` number is never a reproduction of the paper's. Every value,
 with its metrics key: [`catalogue.csv`](catalogue.csv).
 
