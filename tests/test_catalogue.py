@@ -160,7 +160,7 @@ def test_the_repository_catalogue_builds_from_the_committed_results(reg, tmp_pat
     assert by_id["fig4"].status.startswith("scaled (cpu)")
     assert by_id["fig1"].status.startswith("plumbing (cpu)")
     assert "MLP variant (fig2_mlp): scaled (cpu)" in by_id["fig2"].status
-    assert re.match(r"cpu ([0-9a-f]{7,}|uncommitted)$", by_id["fig4"].commit)
+    assert re.match(r"cpu ([0-9a-f]{7,}|uncommitted)(<br>|$)", by_id["fig4"].commit)
     md = (tmp_path / "catalogue.md").read_text().splitlines()
     assert [line.split(" | ")[0] for line in md if line.startswith("| ") and not line.startswith("| id ")] \
         == [f"| {i}" for i in PAPER_IDS]

@@ -133,6 +133,12 @@ def _wrap(text: str, width_inches: float) -> str:
     return "\n".join(part for line in text.split("\n") for part in textwrap.wrap(line, chars))
 
 
+def _suptitle(fig, heading: str) -> None:
+    """The heading a fixed 0.08 inch below the top edge, so that it stays inside the space
+    `_title_height` keeps free however tall the figure is."""
+    fig.suptitle(heading, fontsize=9, y=1 - 0.08 / fig.get_figheight(), va="top")
+
+
 def _title_height(heading: str) -> float:
     """Inches above the images for a 9 pt heading of that many lines."""
     return 0.25 + 0.17 * (heading.count("\n") + 1)
@@ -167,7 +173,7 @@ def comparison_figure(path, train_px: np.ndarray, results: list[MethodResult], t
         for r, label in enumerate(["training", *(res.name for res in results)]):
             axes[top + r, 0].text(-0.1, 0.5, label, transform=axes[top + r, 0].transAxes, ha="right", va="center",
                                   fontsize=7)
-    fig.suptitle(heading, fontsize=9)
+    _suptitle(fig, heading)
     fig.subplots_adjust(left=1.2 / width, right=0.99, bottom=0.01, top=1 - _title_height(heading) / fig.get_figheight())
     save_figure(fig, path)
 
@@ -191,7 +197,7 @@ def reconstruction_figure(path, recon_px: np.ndarray, train_px: np.ndarray, pair
         _show(axes[3 * b, c], recon_px[row.recon])
         axes[3 * b, c].set_title(f"{row.ssim:.2f}", fontsize=7, pad=2)
         _show(axes[3 * b + 1, c], train_px[row.train])
-    fig.suptitle(heading, fontsize=9)
+    _suptitle(fig, heading)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - _title_height(heading) / fig.get_figheight())
     save_figure(fig, path)
 
@@ -215,7 +221,7 @@ def history_figure(path, r: MethodResult, train_px: np.ndarray, title: str, colu
         axes[-1, c].set_title(f"{row.ssim:.2f}", fontsize=7, pad=2)
     for k, label in enumerate(labels):
         axes[k, 0].text(-0.1, 0.5, label, transform=axes[k, 0].transAxes, ha="right", va="center", fontsize=7)
-    fig.suptitle(heading, fontsize=9)
+    _suptitle(fig, heading)
     fig.subplots_adjust(left=1.0 / fig.get_figwidth(), right=0.99, bottom=0.01,
                         top=1 - _title_height(heading) / fig.get_figheight())
     save_figure(fig, path)
