@@ -29,7 +29,7 @@ def gpu_rules() -> set[str]:
     return rules
 
 
-GPU_RULES = {"pretrain", "finetune_victim", "simulate_and_reconstruct", "ablation_run", "benchmark_suite"}
+GPU_RULES = {"pretrain", "finetune_victim", "simulate_and_reconstruct", "ablation_run", "benchmark_suite", "linearity"}
 
 
 def test_gpu_rules_are_the_ones_the_profile_sizes():
@@ -111,10 +111,10 @@ print("SBATCH=" + json.dumps(calls))
 
 @pytest.mark.slow
 def test_slurm_submits_gpu_jobs_with_a_gpu_and_cpu_jobs_without(tmp_path):
-    # Targets that reach all five GPU rules; --cores 8 because a dry run caps threads at --cores
+    # Targets that reach all six GPU rules; --cores 8 because a dry run caps threads at --cores
     # (1 unless given) while a cluster run does not.
     out = _run(_pipeline(tmp_path), sys.executable, "-c", SBATCH_PROBE, "-n", "--cores", "8", *SLURM,
-               "demo", "bench", "fig1_speed")
+               "demo", "bench", "fig1_speed", "tab1")
     calls = json.loads(re.search(r"^SBATCH=(.*)$", out, re.M).group(1))
     assert GPU_RULES <= set(calls) and {"fetch_data", "pair_by_ssim", "report"} <= set(calls)
     for rule, call in calls.items():
