@@ -128,8 +128,9 @@ def test_several_seeds_show_mean_and_sd(reg, tmp_path):
     cat = _catalogue(tmp_path / "catalogue.yaml",
                      {"fig4": _row([{"experiments": ["fig4"], "methods": ["simudy", "loo_authors"]}])})
     results = tmp_path / "results"
-    _metrics(results, "fig4", "paper", {"simudy": {"ssim": [0.30, 0.36]},
-                                        "loo_authors": {"seeds": {"0": {"ssim": 0.1}, "1": {"ssim": 0.2}}}})
+    # loo_authors as the report writes a repeated run: seed 0's own value beside the seeds'
+    repeated = {"ssim": 0.1, "seeds": {"0": {"ssim": 0.1}, "1": {"ssim": 0.2}}}
+    _metrics(results, "fig4", "paper", {"simudy": {"ssim": [0.30, 0.36]}, "loo_authors": repeated})
     rows, records = catalogue.build(catalogue.load_catalogue(cat), reg, results, cat)
     assert rows[0].ours["paper"] == "simudy 0.330 ± 0.042 (2 seeds) · loo_authors 0.150 ± 0.071 (2 seeds)"
     assert rows[0].status == "reproduced (paper)"  # the means: 0.33 against 0.3374, 0.15 against 0.1384

@@ -10,8 +10,9 @@ value and profile), each value with the commit that last changed its file.
 
 A value in a metrics file is a number, or several attack seeds' numbers: a list of per-seed
 values in its place (`{"simudy": {"ssim": [0.81, 0.84]}}`), or a `seeds` mapping at any level
-above it (`{"simudy": {"seeds": {"0": {"ssim": 0.81}, "1": {"ssim": 0.84}}}}`); the table shows
-the mean ± sd over the seeds, and compares the mean with the paper's value.
+above it (`{"simudy": {"ssim": 0.81, "seeds": {"0": {"ssim": 0.81}, "1": {"ssim": 0.84}}}}`, as
+the report writes a run repeated over `reconstruct.seeds`: the seeds win over the level's own
+value); the table shows the mean ± sd over the seeds, and compares the mean with the paper's.
 """
 
 from __future__ import annotations
@@ -353,23 +354,31 @@ class Value:
 
 
 def lookup(node, parts: tuple[str, ...], file: Path) -> Value | None:
-    """The value at a dotted key path; None where the file does not have it."""
+    """The value at a dotted key path; None where the file does not have it. Where a level holds
+    a `seeds` mapping that has the rest of the path for every seed, the seeds' values win over
+    the level's own (which are one seed's)."""
     for i, part in enumerate(parts):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, dict) and isinstance(node.get("seeds"), dict) and node["seeds"]:
-            found = [lookup(seed, parts[i:], file) for seed in node["seeds"].values()]
-            if any(v is None for v in found):
-                return None
-            return Value(tuple(s for v in found for s in v.seeds))
-        else:
+        over_seeds = _over_seeds(node, parts[i:], file)
+        if over_seeds is not None:
+            return over_seeds
+        if not (isinstance(node, dict) and part in node):
             return None
+        node = node[part]
     if _is_number(node):
         return Value((float(node),))
     if isinstance(node, list) and node and all(_is_number(v) for v in node):
         return Value(tuple(float(v) for v in node))
     raise SimudyError(f"{file}: {dotted(parts)}: expected a number or a list of per-seed numbers, "
                       f"got {type(node).__name__}")
+
+
+def _over_seeds(node, parts: tuple[str, ...], file: Path) -> Value | None:
+    if not (isinstance(node, dict) and isinstance(node.get("seeds"), dict) and node["seeds"]):
+        return None
+    found = [lookup(seed, parts, file) for seed in node["seeds"].values()]
+    if any(v is None for v in found):
+        return None
+    return Value(tuple(s for v in found for s in v.seeds))
 
 
 def _is_number(value) -> bool:

@@ -342,7 +342,11 @@ class ReconstructConfig(Strict):
     threat: ThreatConfig
     attacks: dict[str, AnyAttack]  # named, configured attacks: the paper's values by default
     sweep: SweepConfig | None = None  # runs one of `methods` over a grid instead of once
+    # The attack seeds every run is made with (its own seed among them): one seed's SSIM moves by
+    # about 0.1 with the seed alone. A run's repeats are runs of their own, `<run>_seed<k>`.
+    seeds: list[int] = []
     _runs: dict[str, AnyAttack] = PrivateAttr(default_factory=dict)
+    _repeats: dict[str, dict[int, str]] = PrivateAttr(default_factory=dict)  # run -> seed -> run name
 
     @model_validator(mode="after")
     def _known_methods(self) -> ReconstructConfig:
@@ -352,6 +356,8 @@ class ReconstructConfig(Strict):
         self._runs = {m: self.attacks[m] for m in self.methods}
         if self.sweep is not None:
             self._expand(self.sweep)
+        if self.seeds:
+            self._repeat(self.seeds)
         for name, attack in self._runs.items():
             if isinstance(attack, SimuDyConfig) and attack.searches(self.threat) \
                     and attack.search.probe_steps > attack.steps:
@@ -372,12 +378,41 @@ class ReconstructConfig(Strict):
             except ValidationError as err:
                 raise ValueError(f"sweep point {name!r}: {_format(err)}") from None
 
+    def _repeat(self, seeds: list[int]) -> None:
+        if len(set(seeds)) < len(seeds):
+            raise ValueError(f"seeds {seeds} list a seed twice")
+        repeats = {}
+        for name, attack in self._runs.items():
+            if attack.seed not in seeds:
+                raise ValueError(f"seeds {seeds} leave out run {name!r}'s own seed ({attack.seed})")
+            self._repeats[name] = {k: name if k == attack.seed else f"{name}_seed{k}" for k in seeds}
+            repeats |= {run: attack.model_copy(update={"seed": k}) for k, run in self._repeats[name].items()
+                        if run != name}
+        taken = sorted(set(repeats) & set(self._runs))
+        if taken:
+            raise ValueError(f"seeds: the run name {taken[0]!r} is taken by a method or a sweep point")
+        self._runs |= repeats
+
     def runs(self) -> list[str]:
-        """The reconstructions this experiment makes: its methods, the swept one as its grid points."""
+        """The reconstructions this experiment makes: its methods, the swept one as its grid points,
+        then every other seed's repeats."""
         return list(self._runs)
+
+    def primary_runs(self) -> list[str]:
+        """The runs at their own seed: those the figures show."""
+        return [run for run in self._runs if self.primary(run) == run]
+
+    def primary(self, run: str) -> str:
+        """The run a seed's repeat repeats (a run at its own seed: itself)."""
+        return next((name for name, seeds in self._repeats.items() if run in seeds.values()), run)
+
+    def repeats(self, run: str) -> dict[int, str]:
+        """Seed -> run name, for each seed a primary run is made with ({} where seeds is unset)."""
+        return dict(self._repeats.get(run, {}))
 
     def base_method(self, run: str) -> str:
         """The configured method a run is (for a sweep point, the swept method)."""
+        run = self.primary(run)
         return self.sweep.method if self.sweep is not None and run not in self.methods else run
 
     def method(self, name: str) -> AnyAttack:

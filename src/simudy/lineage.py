@@ -131,8 +131,11 @@ def step_keys(raw: dict[str, Any], reg: Registry, rule: str, wildcards: dict[str
         keys = _layers(reg, e, p, "init") + _layers(reg, e, p, "victim")
     elif rule == "simulate_and_reconstruct":
         recon = _layers(reg, e, p, "reconstruct")
-        method = reg.resolve(e, p).reconstruct.base_method(wildcards["method"])
-        keys = [f"{k}.{leaf}" for k in recon for leaf in ("threat", f"attacks.{method}", "sweep")]
+        rc = reg.resolve(e, p).reconstruct
+        # A run at its own seed does not depend on which other seeds repeat it.
+        repeat = ("seeds",) if rc.primary(wildcards["method"]) != wildcards["method"] else ()
+        leaves = ("threat", f"attacks.{rc.base_method(wildcards['method'])}", "sweep", *repeat)
+        keys = [f"{k}.{leaf}" for k in recon for leaf in leaves]
     elif rule == "pair_by_ssim":
         keys = []
     elif rule == "report":

@@ -45,10 +45,13 @@ def make_report(cfg: ExperimentConfig, victim_dir, reconstruct_root, evaluate_ro
     `methods/<method>.png` (Fig. 1 layout), `loss.png`, `rows.csv` (a table row per method) and the
     experiment's `metrics.json` (per method; DVC metrics)."""
     out_dir = Path(out_dir)
-    train_px, results = load_results(cfg, victim_dir, reconstruct_root, evaluate_root)
+    train_px, every = load_results(cfg, victim_dir, reconstruct_root, evaluate_root)
+    by_name = {r.name: r for r in every}
+    results = [by_name[run] for run in cfg.reconstruct.primary_runs()]
+    seeds = {r.name: _seeds(cfg, r, by_name) for r in results}
     for r in results:
-        reconstruction_figure(out_dir / "methods" / f"{r.name}.png", r.recon_px, train_px, r.pairs, _title(cfg, r),
-                              cfg.evaluate.show, cfg.evaluate.columns)
+        reconstruction_figure(out_dir / "methods" / f"{r.name}.png", r.recon_px, train_px, r.pairs,
+                              _title(cfg, r, seeds[r.name]), cfg.evaluate.show, cfg.evaluate.columns)
         if r.history is not None:
             history_figure(out_dir / "methods" / f"{r.name}_over_time.png", r, train_px,
                            f"{cfg.title} [{r.name}, {cfg.profile} profile]: the reconstruction over time",
@@ -59,8 +62,19 @@ def make_report(cfg: ExperimentConfig, victim_dir, reconstruct_root, evaluate_ro
     rows = pd.DataFrame([_row(cfg, r) for r in results])[ROW_COLUMNS]
     with atomic_path(out_dir / "rows.csv") as tmp:
         rows.to_csv(tmp, index=False)
-    write_json(metrics_out, {r.name: {**r.metrics, **_convergence(cfg, r, results)} for r in results})
+    write_json(metrics_out, {r.name: {**r.metrics, **_convergence(cfg, r, results), **_seed_metrics(seeds[r.name])}
+                             for r in results})
     return rows
+
+
+def _seeds(cfg: ExperimentConfig, r: MethodResult, by_name: dict[str, MethodResult]) -> dict[int, dict]:
+    """Each seed's metrics, where the run is repeated over attack seeds (else {})."""
+    return {seed: by_name[run].metrics for seed, run in cfg.reconstruct.repeats(r.name).items()}
+
+
+def _seed_metrics(seeds: dict[int, dict]) -> dict:
+    """Under `seeds`, each seed's metrics (the table's mean ± sd reads them)."""
+    return {"seeds": {str(seed): m for seed, m in seeds.items()}} if seeds else {}
 
 
 def _convergence(cfg: ExperimentConfig, r: MethodResult, results: list[MethodResult]) -> dict:
@@ -118,13 +132,18 @@ def _row(cfg: ExperimentConfig, r: MethodResult) -> dict:
     }
 
 
-def _title(cfg: ExperimentConfig, r: MethodResult) -> str:
+def _title(cfg: ExperimentConfig, r: MethodResult, seeds: dict[int, dict]) -> str:
     paper = ""
     if r.name in cfg.evaluate.paper_ssim:
         scale = "" if cfg.profile == "paper" else " at paper scale"
         paper = f"; the paper reports {cfg.evaluate.paper_ssim[r.name]:.4f}{scale}"
+    spread = ""
+    if len(seeds) > 1:
+        ssim = [m["ssim"] for m in seeds.values()]
+        spread = f" (attack seed {cfg.reconstruct.method(r.name).seed}; over seeds {', '.join(map(str, seeds))}: " \
+                 f"{np.mean(ssim):.4f} ± {np.std(ssim, ddof=1):.4f})"
     return (f"{cfg.title} [{r.name}, {cfg.profile} profile]\n"
-            f"mean SSIM {r.metrics['ssim']:.4f} over {r.metrics['n_train']} images{paper}")
+            f"mean SSIM {r.metrics['ssim']:.4f} over {r.metrics['n_train']} images{spread}{paper}")
 
 
 def _wrap(text: str, width_inches: float) -> str:

@@ -1,0 +1,87 @@
+"""Runs repeated over attack seeds (`reconstruct.seeds`): the repeats are runs of their own, the
+report adds each seed's metrics under `seeds`, and the catalogue shows their mean ± sd."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from simudy import catalogue, lineage
+from simudy.checkpoints import load_weights
+from simudy.config import load_experiment, load_registry, read_yaml
+from simudy.errors import SimudyError
+from simudy.report import make_report
+from tests.conftest import ROOT, run_cli
+
+REGISTRY = ROOT / "params/experiments.yaml"
+
+
+def _registry(tmp_path, seeds, experiment="figB", profile="cpu"):
+    raw = read_yaml(REGISTRY)
+    raw["experiments"][experiment]["profiles"][profile]["reconstruct"]["seeds"] = seeds
+    path = tmp_path / "experiments.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_every_run_is_repeated_at_the_other_seeds(tmp_path):
+    rc = load_registry(_registry(tmp_path, [0, 2, 5])).resolve("figB", "cpu").reconstruct
+    points = ["simudy_losscosine", "simudy_losseuclidean"]
+    assert rc.runs() == [*points, *(f"{p}_seed{k}" for p in points for k in (2, 5))]
+    assert rc.primary_runs() == points
+    assert rc.repeats("simudy_losseuclidean") == {0: "simudy_losseuclidean", 2: "simudy_losseuclidean_seed2",
+                                                  5: "simudy_losseuclidean_seed5"}
+    repeat = rc.method("simudy_losseuclidean_seed5")
+    assert (repeat.seed, repeat.loss) == (5, "euclidean")
+    assert repeat.model_dump() == {**rc.method("simudy_losseuclidean").model_dump(), "seed": 5}
+    assert rc.primary("simudy_losseuclidean_seed5") == "simudy_losseuclidean"
+    assert rc.base_method("simudy_losseuclidean_seed5") == "simudy"
+    assert load_experiment("figB", "cpu", REGISTRY).reconstruct.repeats("simudy_losscosine") == {}
+
+
+@pytest.mark.parametrize("seeds, message", [
+    ([1, 2], r"leave out run 'simudy_losscosine''s own seed \(0\)"),
+    ([0, 1, 1], "list a seed twice"),
+])
+def test_bad_seeds_are_refused_naming_the_problem(tmp_path, seeds, message):
+    with pytest.raises(SimudyError, match=message):
+        load_registry(_registry(tmp_path, seeds))
+
+
+def test_only_the_repeats_depend_on_the_seeds_setting(tmp_path):
+    path = _registry(tmp_path, [0, 1])
+    raw, reg = read_yaml(path), load_registry(path)
+
+    def keys(run):
+        return lineage.step_keys(raw, reg, "simulate_and_reconstruct",
+                                 {"experiment": "figB", "profile": "cpu", "method": run})
+
+    assert "experiments.figB.profiles.cpu.reconstruct.seeds" not in keys("simudy_losscosine")
+    assert "experiments.figB.profiles.cpu.reconstruct.seeds" in keys("simudy_losscosine_seed1")
+
+
+def test_the_report_gives_each_seeds_metrics_and_the_catalogue_their_mean(victim, tmp_path):
+    seeds = ["--set", "reconstruct.seeds=[0, 1]"]
+    for run in ("simudy", "simudy_seed1"):
+        out, evaluate = tmp_path / "reconstruct" / run, tmp_path / "evaluate" / run
+        assert run_cli("reconstruct", "--registry", REGISTRY, "--experiment", "demo", "--profile", "smoke",
+                       "--method", run, "--victim-dir", victim, "--out-dir", out, "--work-dir",
+                       tmp_path / "work" / run, *seeds) == 0
+        assert run_cli("pair", "--victim-dir", victim, "--reconstruct-dir", out, "--out-dir", evaluate) == 0
+    images = [load_weights(tmp_path / "reconstruct" / run / "reconstruction.safetensors")["images"]
+              for run in ("simudy", "simudy_seed1")]
+    assert not images[0].equal(images[1])  # the seed draws other dummies
+
+    cfg = load_experiment("demo", "smoke", REGISTRY, overrides=["reconstruct.seeds=[0, 1]"])
+    rows = make_report(cfg, victim, tmp_path / "reconstruct", tmp_path / "evaluate", tmp_path / "report",
+                       tmp_path / "metrics.json")
+    assert rows["method"].tolist() == ["simudy"]  # the figures and the table show the run at its own seed
+    assert not (tmp_path / "report" / "methods" / "simudy_seed1.png").exists()
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert list(metrics) == ["simudy"]
+    per_seed = [metrics["simudy"]["seeds"][k]["ssim"] for k in ("0", "1")]
+    assert per_seed[0] == metrics["simudy"]["ssim"] and per_seed[0] != per_seed[1]
+    value = catalogue.lookup(metrics, ("simudy", "ssim"), tmp_path / "metrics.json")
+    assert value.seeds == tuple(per_seed)
