@@ -41,20 +41,28 @@ Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
 class DatasetConfig(Strict):
-    source: Literal["cifar10", "imagefolder", "digits"]
-    path: str | None = None  # imagefolder: a directory or .zip; cifar10: a local tarball
-    url: str | None = None
+    source: Literal["cifar10", "imagefolder", "digits", "svhn", "tinyimagenet"]
+    # imagefolder: a directory or .zip; cifar10: a local tarball; svhn: the folder of its .mat
+    # files; tinyimagenet: the official zip or folder, or an image folder with val/ for test/.
+    path: str | None = None
+    url: str | None = None  # the download (cifar10, tinyimagenet), checksummed with md5
     md5: str | None = None
     # Normalisation constants; computed from the train split when absent.
     mean: list[float] | None = None
     std: list[float] | None = None
-    # Keep only these classes (indices into the sorted class list), in this order.
-    classes: list[int] | None = None
+    # Keep only these classes (indices into the sorted class list, or class names), in this order.
+    classes: list[int] | list[str] | None = None
     # Image folders: channels of the dataset (None = 1 if every image is greyscale, else 3), and
     # limits on each file, checked before decoding (generous enough for ImageNet photos).
     channels: Literal[1, 3] | None = None
     max_image_bytes: int = Field(default=64 * 2**20, gt=0)
     max_image_pixels: int = Field(default=2**26, gt=0)
+
+    @model_validator(mode="after")
+    def _fixed_downloads(self) -> DatasetConfig:
+        if self.source in ("svhn", "digits") and (self.url or self.md5):
+            raise ValueError(f"source {self.source} takes no url or md5 (its files and checksums are fixed)")
+        return self
 
 
 class InitConfig(Strict):

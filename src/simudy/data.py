@@ -11,11 +11,12 @@ Canonical dataset file (`<name>.npz`, read with `allow_pickle=False`), schema ve
                                        x_norm = (x / 255 - mean) / std
     meta        str                    JSON: {"schema": 1, "dataset", "source", provenance...}
 
-Dataset order is the order of the rows within a split. For `cifar10` it is the official order
-and `source_ids` is the index within the split; for `digits` it is scikit-learn's order and the
-id is the index in `load_digits()`; for `imagefolder` the official interleaving of classes is
-not known, so rows are ordered by (rank of the file within its class, class), which keeps every
-prefix balanced, and the id is the file's path inside the folder or zip.
+Dataset order is the order of the rows within a split. For `cifar10` and `svhn` it is the
+official order and `source_ids` is the index within the split; for `digits` it is scikit-learn's
+order and the id is the index in `load_digits()`; for `imagefolder` and `tinyimagenet` the
+official interleaving of classes is not known, so rows are ordered by (rank of the file within
+its class, class), which keeps every prefix balanced, and the id is the file's path inside the
+folder or zip. Tiny ImageNet's test split is its labelled validation set.
 
 An image folder (a directory or a .zip) holds `<root>/{train,test}/<class>/<file>` under one
 common root, which may be nested. Image files anywhere else, entries that leave the archive
@@ -45,12 +46,17 @@ from typing import NamedTuple
 
 import numpy as np
 
+from simudy import svhn
 from simudy.config import DatasetConfig
 from simudy.errors import SimudyError
 from simudy.io import atomic_path
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "test")
+FOLDERS = {"train": "train", "test": "test"}  # an image folder's folder name -> split
+TINY_IMAGENET_FOLDERS = {"train": "train", "val": "test"}
+TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+TINY_IMAGENET_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -289,6 +295,10 @@ def source_record(name: str, cfg: DatasetConfig) -> dict:
 
         return {"source": "digits", "scikit-learn": sklearn.__version__}
     local = _local_copy(name, cfg)
+    if local is None and cfg.source == "svhn":
+        return {"source": "svhn", "files": {svhn.BASE_URL + f: md5 for f, md5 in svhn.FILES.values()}}
+    if local is None and cfg.source == "tinyimagenet":
+        return {"source": cfg.source, "url": cfg.url or TINY_IMAGENET_URL, "md5": cfg.md5 or TINY_IMAGENET_MD5}
     if local is None:
         return {"source": cfg.source, "url": cfg.url or CIFAR10_URL, "md5": cfg.md5 or CIFAR10_MD5}
     return {"source": cfg.source, **_content_record(local)}
@@ -336,6 +346,13 @@ def _read_source(name: str, cfg: DatasetConfig) -> dict[str, RawSplit]:
     local = _local_copy(name, cfg)
     if cfg.source == "digits":
         return _read_digits()
+    if cfg.source == "svhn":
+        return _read_svhn(name, local)
+    if local is None and cfg.source == "tinyimagenet":
+        local = _download(cfg.url or TINY_IMAGENET_URL, name)
+        if _md5(local) != (cfg.md5 or TINY_IMAGENET_MD5):
+            raise SimudyError(f"{local}: md5 checksum mismatch (expected {cfg.md5 or TINY_IMAGENET_MD5}); "
+                              "the download is corrupt")
     if local is None:
         return _read_cifar10_tarball(_download(cfg.url or CIFAR10_URL, name), cfg.md5 or CIFAR10_MD5)
     if cfg.source == "cifar10" and local.name.endswith((".tar.gz", ".tgz")):
@@ -343,9 +360,14 @@ def _read_source(name: str, cfg: DatasetConfig) -> dict[str, RawSplit]:
     return _read_imagefolder(local, cfg)
 
 
-def _keep_classes(name: str, raw: RawSplit, classes: list[int] | None) -> RawSplit:
+def _keep_classes(name: str, raw: RawSplit, classes: list[int] | list[str] | None) -> RawSplit:
     if classes is None:
         return raw
+    unknown = [c for c in classes if isinstance(c, str) and c not in raw.class_names]
+    if unknown:
+        raise SimudyError(f"dataset {name!r}: classes {unknown} are not among its {len(raw.class_names)} classes "
+                          f"(e.g. {raw.class_names[:3]})")
+    classes = [raw.class_names.index(c) if isinstance(c, str) else c for c in classes]
     bad = [c for c in classes if not 0 <= c < len(raw.class_names)]
     if bad or len(set(classes)) != len(classes):
         raise SimudyError(f"dataset {name!r}: classes {classes} must be distinct indices into the "
@@ -376,6 +398,27 @@ def _norm_constants(name: str, cfg: DatasetConfig, train_images: np.ndarray):
     return mean, std
 
 
+def _read_svhn(name: str, folder: Path | None) -> dict[str, RawSplit]:
+    """The official .mat files: from the local folder, else downloaded; each md5-checked."""
+    out = {}
+    for split, (file, md5) in svhn.FILES.items():
+        if folder is None:
+            path = _download(svhn.BASE_URL + file, name, svhn.missing_message(name))
+        elif folder.is_dir():
+            path = folder / file
+        else:
+            raise SimudyError(f"{folder}: dataset {name!r} (SVHN) is read from a folder holding "
+                              f"{' and '.join(f for f, _ in svhn.FILES.values())}, not a file")
+        if not path.exists():
+            raise SimudyError(f"{path}: not found; {svhn.missing_message(name)}")
+        if _md5(path) != md5:
+            raise SimudyError(f"{path}: md5 checksum mismatch (expected {md5}): not the official {file}")
+        images, labels = svhn.read_split(path, split)
+        extra = {"source": "svhn", "origin": str(folder or svhn.BASE_URL)}
+        out[split] = RawSplit(images, labels, svhn.CLASS_NAMES, np.arange(len(labels)).astype(str), extra)
+    return out
+
+
 def _read_digits():
     from sklearn.datasets import load_digits
 
@@ -393,7 +436,7 @@ def _read_digits():
     }
 
 
-def _download(url: str, name: str) -> Path:
+def _download(url: str, name: str, missing: str | None = None) -> Path:
     cache = Path(os.environ.get("SIMUDY_CACHE", Path.home() / ".cache" / "simudy"))
     target = cache / PurePosixPath(url).name
     if target.exists():
@@ -402,10 +445,8 @@ def _download(url: str, name: str) -> Path:
         with urllib.request.urlopen(url, timeout=60) as resp, atomic_path(target) as tmp:
             tmp.write_bytes(resp.read())
     except OSError as err:
-        raise SimudyError(
-            f"dataset {name!r}: could not download {url} ({err}); "
-            f"set SIMUDY_DATA_{name.upper()} to a local copy"
-        ) from None
+        raise SimudyError(f"dataset {name!r}: could not download {url} ({err}); "
+                          + (missing or f"set SIMUDY_DATA_{name.upper()} to a local copy")) from None
     return target
 
 
@@ -465,9 +506,13 @@ def _unpack_cifar10(path: Path, md5: str) -> dict[str, RawSplit]:
 
 
 def _read_imagefolder(path: Path, cfg: DatasetConfig) -> dict[str, RawSplit]:
-    """Read `<root>/{train,test}/<class>/<file>` from a directory or a zip (root may be nested)."""
+    """Read `<root>/{train,test}/<class>/<file>` from a directory or a zip (root may be nested);
+    Tiny ImageNet: its official layout, or an image folder whose test split is `val/`."""
     with (_Folder(path, cfg.max_image_bytes) if path.is_dir() else _Zip(path, cfg.max_image_bytes)) as archive:
-        files = _layout(path, archive.entries())
+        if cfg.source == "tinyimagenet":
+            files = _tiny_imagenet_layout(path, archive) or _layout(path, archive.entries(), TINY_IMAGENET_FOLDERS)
+        else:
+            files = _layout(path, archive.entries())
         classes = sorted(files["train"])
         rows = {split: _rows(by_class, classes) for split, by_class in files.items()}
         names = [rel for split in SPLITS for _, _, rel in rows[split]]
@@ -478,7 +523,7 @@ def _read_imagefolder(path: Path, cfg: DatasetConfig) -> dict[str, RawSplit]:
         end = start + len(rows[split])
         labels = np.array([ci for _, ci, _ in rows[split]], np.int64)
         ids = np.array([rel for _, _, rel in rows[split]])
-        out[split] = RawSplit(images[start:end], labels, classes, ids, {"source": "imagefolder", "origin": str(path)})
+        out[split] = RawSplit(images[start:end], labels, classes, ids, {"source": cfg.source, "origin": str(path)})
         start = end
     return out
 
@@ -486,6 +531,44 @@ def _read_imagefolder(path: Path, cfg: DatasetConfig) -> dict[str, RawSplit]:
 def _rows(by_class: dict[str, list[str]], classes: list[str]) -> list[tuple[int, int, str]]:
     """(rank within class, class index, entry) in dataset order: every prefix stays balanced."""
     return sorted((rank, ci, rel) for ci, c in enumerate(classes) for rank, rel in enumerate(sorted(by_class[c])))
+
+
+# -- Tiny ImageNet's official layout ----------------------------------------------------------
+
+
+def _tiny_imagenet_layout(path: Path, archive: _Archive) -> dict[str, dict[str, list[str]]] | None:
+    """split -> class -> entries, from `<root>/train/<wnid>/images/<file>` and `<root>/val/images/<file>`
+    labelled by `<root>/val/val_annotations.txt` (file, wnid, box); None where the archive is not
+    in that layout. The test split is the official validation set (the official test set has no labels)."""
+    train: dict[str, list[str]] = {}
+    roots = set()
+    entries = archive.entries()
+    for name, is_dir in entries:
+        parts = _entry_parts(path, name)
+        if not is_dir and parts is not None and len(parts) >= 5 and parts[-4] == "train" and parts[-2] == "images" \
+                and PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES:
+            train.setdefault(parts[-3], []).append(name)
+            roots.add(parts[:-4])
+    if not roots:
+        return None
+    if len(roots) > 1:
+        raise SimudyError(f"{path}: Tiny ImageNet's train/ under two roots {sorted('/'.join(r) for r in roots)[:2]}")
+    root = "".join(f"{p}/" for p in roots.pop())
+    notes = f"{root}val/val_annotations.txt"
+    files = {name for name, is_dir in entries if not is_dir}
+    if notes not in files:
+        raise SimudyError(f"{path}: {notes!r} is missing: Tiny ImageNet's validation labels")
+    test: dict[str, list[str]] = {wnid: [] for wnid in train}
+    for i, line in enumerate(archive.read(notes).decode(errors="replace").splitlines(), 1):
+        fields = line.split("\t")
+        if len(fields) < 2 or fields[1] not in test:
+            raise SimudyError(f"{path}: {notes}: line {i}: expected <file> TAB <wnid of a train class>, "
+                              f"got {line[:60]!r}")
+        image = f"{root}val/images/{fields[0]}"
+        if image not in files:
+            raise SimudyError(f"{path}: {notes}: line {i}: {image!r} is not in the archive")
+        test[fields[1]].append(image)
+    return {"train": train, "test": test}
 
 
 # -- image folders: entries and layout --------------------------------------------------------
@@ -585,29 +668,31 @@ def _walk(path: Path):
         yield dirpath, dirnames, filenames
 
 
-def _layout(path: Path, entries: list[tuple[str, bool]]) -> dict[str, dict[str, list[str]]]:
-    """split -> class -> entries of its images, for every class folder (empty ones too)."""
-    images, folders = [], set()
+def _layout(path: Path, entries: list[tuple[str, bool]],
+            folders: dict[str, str] = FOLDERS) -> dict[str, dict[str, list[str]]]:
+    """split -> class -> entries of its images, for every class folder (empty ones too);
+    `folders`: the folder name of each split (folder -> split)."""
+    images, dirs = [], set()
     for name, is_dir in entries:
         parts = _entry_parts(path, name)
         if parts is None:
             continue
-        folders.add(parts if is_dir else parts[:-1])
+        dirs.add(parts if is_dir else parts[:-1])
         if not is_dir and PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES:
             images.append((name, parts))
-    root = _root(path, images)
+    root = _root(path, images, folders)
     depth, where = len(root), "".join(f"{p}/" for p in root)
     files: dict[str, dict[str, list[str]]] = {s: {} for s in SPLITS}
-    for parts in folders:
-        if len(parts) > depth + 1 and parts[:depth] == root and parts[depth] in SPLITS:
+    for parts in dirs:
+        if len(parts) > depth + 1 and parts[:depth] == root and parts[depth] in folders:
             for by_class in files.values():
                 by_class.setdefault(parts[depth + 1], [])
     for name, parts in images:
-        if len(parts) != depth + 3 or parts[:depth] != root or parts[depth] not in SPLITS:
-            raise SimudyError(f"{path}: {name!r}: an image outside {where}{{train,test}}/<class>/<file>; "
+        if len(parts) != depth + 3 or parts[:depth] != root or parts[depth] not in folders:
+            raise SimudyError(f"{path}: {name!r}: an image outside {where}{{{','.join(folders)}}}/<class>/<file>; "
                               "move or remove it")
-        files[parts[depth]][parts[depth + 1]].append(name)
-    _check_classes(path, where, files)
+        files[folders[parts[depth]]][parts[depth + 1]].append(name)
+    _check_classes(path, where, files, folders)
     return files
 
 
@@ -622,29 +707,31 @@ def _entry_parts(path: Path, name: str) -> tuple[str, ...] | None:
     return parts
 
 
-def _root(path: Path, images: list[tuple[str, tuple[str, ...]]]) -> tuple[str, ...]:
-    """The one folder holding train/ and test/."""
+def _root(path: Path, images: list[tuple[str, tuple[str, ...]]], folders: dict[str, str]) -> tuple[str, ...]:
+    """The one folder holding the splits' folders (train/ and test/)."""
     roots: dict[tuple[str, ...], str] = {}
     for name, parts in images:
-        if len(parts) >= 3 and parts[-3] in SPLITS:
+        if len(parts) >= 3 and parts[-3] in folders:
             roots.setdefault(parts[:-3], name)
+    shown = "{" + ",".join(folders) + "}"
     if not roots:
-        raise SimudyError(f"{path}: no images at <root>/{{train,test}}/<class>/<file>")
+        raise SimudyError(f"{path}: no images at <root>/{shown}/<class>/<file>")
     if len(roots) > 1:
         first, second = list(roots.values())[:2]
         raise SimudyError(f"{path}: images under two roots, e.g. {first!r} and {second!r}; expected one "
-                          "<root>/{train,test}/<class>/")
+                          f"<root>/{shown}/<class>/")
     return next(iter(roots))
 
 
-def _check_classes(path: Path, where: str, files: dict[str, dict[str, list[str]]]) -> None:
+def _check_classes(path: Path, where: str, files: dict[str, dict[str, list[str]]], folders: dict[str, str]) -> None:
+    folder = {split: name for name, split in folders.items()}
     empty = sorted(c for c in files["train"] if not any(files[s][c] for s in SPLITS))
     if empty:
-        raise SimudyError(f"{path}: class folder(s) {empty} hold no images in {where}train/ or {where}test/; "
-                          "add images or remove the folders")
+        raise SimudyError(f"{path}: class folder(s) {empty} hold no images in "
+                          f"{' or '.join(f'{where}{folder[s]}/' for s in SPLITS)}; add images or remove the folders")
     for split, by_class in files.items():
         if not any(by_class.values()):
-            raise SimudyError(f"{path}: no images under {where}{split}/<class>/")
+            raise SimudyError(f"{path}: no images under {where}{folder[split]}/<class>/")
         missing = sorted(c for c, names in by_class.items() if not names)
         if missing:
             raise SimudyError(f"{path}: split {split!r} has no images for class(es) {missing}")
