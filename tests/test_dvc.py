@@ -84,7 +84,7 @@ def test_committed_lock_metrics_and_table_agree():
              if line.startswith("|")]
     header, *body = ([cell.strip() for cell in line.strip("|").split("|")] for line in lines[:1] + lines[2:])
     rows = {(row[header.index("experiment")], row[header.index("method")]) for row in body}
-    expected = {(e, m) for e in reg.experiments for m in reg.resolve(e, reg.active_profile).reconstruct.runs()}
+    expected = {(e, m) for e in reg.experiments for m in reg.resolve(e, reg.active_profile).reconstruct.primary_runs()}
     assert rows == expected
 
 
