@@ -7,7 +7,9 @@ the metrics hold, for each value of the other settings, the rank correlation of 
 and of the probe's loss with the final SSIM (Figs. 2 and 3: lower loss goes with higher SSIM)
 and which lr the probe would have picked; the figure plots loss and SSIM against the lr. Other
 sweeps (a guessed batch size, a dummy-set size) plot the loss curves, the SSIM and the
-contributions of matched and unmatched dummies side by side.
+contributions of matched and unmatched dummies side by side. Where the experiment repeats its
+runs over attack seeds (`reconstruct.seeds`), a point's row also has its SSIM's mean and sd over
+the seeds (error bars in the figure); every other number is the run at its own seed.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ LR = "sim_lr"
 def sweep_table(cfg: ExperimentConfig, results: list) -> pd.DataFrame:
     """A row per grid point (`results`: report.MethodResult of each run)."""
     points = cfg.reconstruct.sweep.points()
+    by_name = {r.name: r for r in results}
     rows = []
     for r in results:
         if r.name not in points:
@@ -48,8 +51,17 @@ def sweep_table(cfg: ExperimentConfig, results: list) -> pd.DataFrame:
             "ssim": r.metrics["ssim"], "ssim_matched": r.metrics["ssim_matched"], "n_recon": r.metrics["n_recon"],
             "searched_lr": search.get("lr", np.nan), "seconds": r.run["seconds"],
             **{k: v for k, v in r.metrics.items() if k.startswith("contribution_")},
+            **_over_seeds(cfg.reconstruct.repeats(r.name), by_name),
         })
     return pd.DataFrame(rows)
+
+
+def _over_seeds(repeats: dict[int, str], by_name: dict) -> dict:
+    """A point's SSIM over its attack seeds, where it is repeated over `reconstruct.seeds`."""
+    if not repeats:
+        return {}
+    ssim = [by_name[run].metrics["ssim"] for run in repeats.values()]
+    return {"n_seeds": len(ssim), "ssim_seed_mean": float(np.mean(ssim)), "ssim_seed_sd": float(np.std(ssim, ddof=1))}
 
 
 def sweep_metrics(cfg: ExperimentConfig, table: pd.DataFrame) -> dict:
@@ -165,6 +177,9 @@ def runs_figure(path: Path, table: pd.DataFrame, runs: dict, title: str, paper: 
     x = np.arange(len(table))
     axes[1].bar(x - 0.2, table["ssim"], 0.4, label="mean over training images")
     axes[1].bar(x + 0.2, table["ssim_matched"], 0.4, label="mean over pairs")
+    if "ssim_seed_mean" in table:
+        axes[1].errorbar(x - 0.2, table["ssim_seed_mean"], table["ssim_seed_sd"], fmt="o", color="k", ms=3,
+                         capsize=3, label=f"mean ± sd over {int(table['n_seeds'].max())} attack seeds")
     axes[1].set_xticks(x, table["run"], rotation=30, ha="right", fontsize=7)
     axes[1].set(ylabel="SSIM (paper protocol)", title="SSIM", ylim=(0, 1.2))  # headroom for the legend
     axes[1].legend(fontsize=7, loc="upper center", ncol=2)
