@@ -75,6 +75,10 @@ class InitConfig(Strict):
     bias: bool | Literal["first"] | None = None
     # MLP inputs centred on the victim's mean training image inside the model (Haim et al.).
     centred: bool | None = None
+    # ViT: patch size, encoder blocks and attention heads (`width` is its embedding width).
+    patch: int | None = Field(default=None, ge=1)
+    depth: int | None = Field(default=None, ge=1)
+    heads: int | None = Field(default=None, ge=1)
     init: Literal["random", "pretrained"]
     seed: int
     # Pre-training (init == "pretrained") runs on the test split: disjoint from every victim
@@ -100,7 +104,8 @@ class InitConfig(Strict):
     settle_batch_size: int = Field(default=20, ge=1)
 
     def model_kwargs(self) -> dict[str, Any]:
-        kwargs = {"width": self.width, "hidden": self.hidden, "bias": self.bias, "centred": self.centred}
+        kwargs = {"width": self.width, "hidden": self.hidden, "bias": self.bias, "centred": self.centred,
+                  "patch": self.patch, "depth": self.depth, "heads": self.heads}
         return {k: v for k, v in kwargs.items() if v is not None}
 
 
@@ -213,6 +218,9 @@ class SimuDyConfig(AttackConfig):
     clip_fraction: float = Field(ge=0, le=1)  # ... during this first fraction of outer steps
     loss: Literal["cosine", "euclidean"]
     tv_weight: float = Field(ge=0)
+    # App. C.6's β: also match the direction of the position embedding's own change, which
+    # carries the gradient at the attention's input (a ViT; the model names that parameter).
+    position_weight: float = Field(default=0.0, ge=0)
     lr: float = Field(gt=0)
     betas: list[Beta] = Field(min_length=2, max_length=2)  # Adam's (β1, β2)
     cosine_period: int = Field(ge=1)  # T_max of the cyclic cosine schedule, in steps

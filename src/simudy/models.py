@@ -1,12 +1,15 @@
 """Model registry. Architectures are looked up by name; none depends on torchvision.
 
 The CIFAR ResNets follow the layout of the widely used pytorch-cifar code (`conv1`, `bn1`,
-`layer1.0.conv1`, `layer1.0.shortcut.0`, `linear`), so its checkpoints load directly.
+`layer1.0.conv1`, `layer1.0.shortcut.0`, `linear`), so its checkpoints load directly. The ViT is
+written here too, with its attention spelled out, so that every model stays a plain function of
+its parameters for the simulator.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -74,8 +77,12 @@ class Activation(nn.Module):
 
 @contextmanager
 def activation(model: nn.Module, kind: str, sharpness: float = 1.0) -> Iterator[nn.Module]:
-    """Temporarily swap every `Activation` of `model`."""
+    """Temporarily swap every `Activation` of `model`; an error for a model without them (a
+    ViT's GELUs), where the swap would silently change nothing."""
     acts = [m for m in model.modules() if isinstance(m, Activation)]
+    if not acts:
+        raise SimudyError(f"{type(model).__name__} has no ReLU activations to swap for {kind!r}: this attack "
+                          "differentiates through a smoothed ReLU network and cannot attack it")
     saved = [(a.kind, a.sharpness) for a in acts]
     for a in acts:
         a.kind, a.sharpness = kind, sharpness
@@ -243,6 +250,64 @@ def resnet18(image_shape, num_classes, width=64) -> nn.Module:
 @register("resnet50")
 def resnet50(image_shape, num_classes, width=64) -> nn.Module:
     return ResNet(Bottleneck, [3, 4, 6, 3], image_shape[0], num_classes, width)
+
+
+# -- Vision Transformer -----------------------------------------------------------------------
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm transformer block: multi-head self-attention, then a GELU MLP, each residual.
+    The attention is written out (no fused kernel) so that the simulator can differentiate
+    through it twice."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int):
+        super().__init__()
+        if dim % heads:
+            raise SimudyError(f"ViT: width {dim} is not a multiple of heads {heads}")
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.fc1, self.fc2 = nn.Linear(dim, mlp_ratio * dim), nn.Linear(mlp_ratio * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(d // self.heads), dim=-1)
+        x = x + self.proj((weights @ v).transpose(1, 2).reshape(b, n, d))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class ViT(nn.Module):
+    """Vision Transformer (Dosovitskiy et al. 2021): non-overlapping patches embedded linearly, a
+    class token, a learnable position embedding, pre-norm encoder blocks, and the class token's
+    features through a final LayerNorm to the head `linear`. `position_embedding` names the
+    parameter App. C.6's loss term compares."""
+
+    position_embedding = "pos_embedding"
+
+    def __init__(self, image_shape: tuple[int, int, int], num_classes: int, patch: int, width: int, depth: int,
+                 heads: int, mlp_ratio: int = 4):
+        super().__init__()
+        c, h, w = image_shape
+        if h % patch or w % patch:
+            raise SimudyError(f"ViT: patch {patch} does not tile {h}x{w} images")
+        self.patch_embed = nn.Conv2d(c, width, patch, patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos_embedding = nn.Parameter(0.02 * torch.randn(1, (h // patch) * (w // patch) + 1, width))
+        self.blocks = nn.Sequential(*(EncoderBlock(width, heads, mlp_ratio) for _ in range(depth)))
+        self.norm = nn.LayerNorm(width)
+        self.linear = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], dim=1) + self.pos_embedding
+        return self.linear(self.norm(self.blocks(tokens))[:, 0])
+
+
+@register("vit")
+def vit(image_shape, num_classes, patch=16, width=768, depth=12, heads=12) -> nn.Module:
+    """Defaults: ViT-B/16's shape."""
+    return ViT(image_shape, num_classes, patch, width, depth, heads)
 
 
 def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -122,6 +122,9 @@ class ModelKwargs(BaseModel):
     width: Width | None = None
     bias: Annotated[bool | Literal["first"], _must('true, false or "first"')] | None = None
     centred: bool | None = None
+    patch: _int(1, 4096) | None = None
+    depth: _int(1, MAX_LAYERS) | None = None
+    heads: _int(1, 4096) | None = None
 
 
 class VictimMeta(_Meta):

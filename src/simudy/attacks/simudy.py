@@ -99,6 +99,7 @@ class SimuDy(IterativeAttack):
             raise SimudyError(f"{self.name}: the threat model withholds the learning rate and sim_lr is not set: "
                               "run the attack (it searches search.lrs) or set sim_lr")
         self.victim, self.threat, self.target = victim, threat, parameter_change(victim)
+        self.position = position_index(victim) if cfg.position_weight else None
         gen = torch.Generator().manual_seed(cfg.seed)
         n = max(1, round(cfg.dummies * self.n_images(threat)))
         x = cfg.init_scale * torch.randn((n, *threat.image_shape), generator=gen)
@@ -137,7 +138,14 @@ class SimuDy(IterativeAttack):
             distance = squared_distance(plan.lr * change, self.target)
         tv = total_variation(x)
         loss = distance + self.cfg.tv_weight * tv
-        return loss, {"distance": distance.item(), "tv": tv.item(), "clipped_steps": sim.clipped_steps}
+        info = {"distance": distance.item(), "tv": tv.item(), "clipped_steps": sim.clipped_steps}
+        if self.position is not None:
+            # 1 − cos: the paper's −β·cos shifted by β, so that the loss stays ≥ 0.
+            index, target = self.position
+            position = cosine_distance(sim.grad_sum[index].flatten(), target)
+            loss = loss + self.cfg.position_weight * position
+            info["position"] = position.item()
+        return loss, info
 
     def step(self, step: int) -> dict:
         """One outer step (Alg. 1, lines 6-15)."""
@@ -151,6 +159,17 @@ class SimuDy(IterativeAttack):
             loss.backward()
         opt.step()
         return {"loss": loss.item(), **parts, "lr": lr}
+
+
+def position_index(victim: Victim) -> tuple[int, torch.Tensor]:
+    """Where the model's position embedding sits among the simulated gradients, and its own
+    change θ0 − θf (App. C.6)."""
+    name = getattr(victim.model, "position_embedding", None)
+    if name is None:
+        raise SimudyError(f"position_weight needs a model that names its position embedding; "
+                          f"{type(victim.model).__name__} does not (a ViT does)")
+    names = list(victim.theta0)
+    return names.index(name), (victim.theta0[name] - victim.thetaf[name]).flatten()
 
 
 def natural_images(threat: ThreatModel, labels: torch.Tensor) -> torch.Tensor:
