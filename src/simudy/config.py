@@ -41,9 +41,10 @@ Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
 class DatasetConfig(Strict):
-    source: Literal["cifar10", "imagefolder", "digits", "svhn", "tinyimagenet"]
+    source: Literal["cifar10", "imagefolder", "digits", "svhn", "tinyimagenet", "imagenet_sample"]
     # imagefolder: a directory or .zip; cifar10: a local tarball; svhn: the folder of its .mat
-    # files; tinyimagenet: the official zip or folder, or an image folder with val/ for test/.
+    # files; tinyimagenet: the official zip or folder, or an image folder with val/ for test/;
+    # imagenet_sample: a flat folder or zip of <wnid>_<name>.JPEG, one image per class.
     path: str | None = None
     url: str | None = None  # the download (cifar10, tinyimagenet), checksummed with md5
     md5: str | None = None
@@ -55,6 +56,8 @@ class DatasetConfig(Strict):
     # Image folders: channels of the dataset (None = 1 if every image is greyscale, else 3), and
     # limits on each file, checked before decoding (generous enough for ImageNet photos).
     channels: Literal[1, 3] | None = None
+    # imagenet_sample: every image resized (shorter side) and centre-cropped to this size.
+    image_size: int | None = Field(default=None, ge=1)
     max_image_bytes: int = Field(default=64 * 2**20, gt=0)
     max_image_pixels: int = Field(default=2**26, gt=0)
 

@@ -16,7 +16,9 @@ official order and `source_ids` is the index within the split; for `digits` it i
 order and the id is the index in `load_digits()`; for `imagefolder` and `tinyimagenet` the
 official interleaving of classes is not known, so rows are ordered by (rank of the file within
 its class, class), which keeps every prefix balanced, and the id is the file's path inside the
-folder or zip. Tiny ImageNet's test split is its labelled validation set.
+folder or zip. Tiny ImageNet's test split is its labelled validation set. An `imagenet_sample`
+(one image per ImageNet class, `<wnid>_<name>.JPEG`) has one row per class, in wnid order, all in
+the train split, each resized and centre-cropped to the dataset's `image_size`.
 
 An image folder (a directory or a .zip) holds `<root>/{train,test}/<class>/<file>` under one
 common root, which may be nested. Image files anywhere else, entries that leave the archive
@@ -348,6 +350,10 @@ def _read_source(name: str, cfg: DatasetConfig) -> dict[str, RawSplit]:
         return _read_digits()
     if cfg.source == "svhn":
         return _read_svhn(name, local)
+    if cfg.source == "imagenet_sample":
+        if local is None:
+            raise SimudyError(f"dataset {name!r}: imagenet_sample needs a path (or SIMUDY_DATA_{name.upper()})")
+        return _read_imagenet_sample(local, cfg)
     if local is None and cfg.source == "tinyimagenet":
         local = _download(cfg.url or TINY_IMAGENET_URL, name)
         if _md5(local) != (cfg.md5 or TINY_IMAGENET_MD5):
@@ -531,6 +537,63 @@ def _read_imagefolder(path: Path, cfg: DatasetConfig) -> dict[str, RawSplit]:
 def _rows(by_class: dict[str, list[str]], classes: list[str]) -> list[tuple[int, int, str]]:
     """(rank within class, class index, entry) in dataset order: every prefix stays balanced."""
     return sorted((rank, ci, rel) for ci, c in enumerate(classes) for rank, rel in enumerate(sorted(by_class[c])))
+
+
+# -- one ImageNet image per class -------------------------------------------------------------
+
+
+def _read_imagenet_sample(path: Path, cfg: DatasetConfig) -> dict[str, RawSplit]:
+    """A flat folder (or zip) of `<wnid>_<name>.<ext>`, one image per class, of any size: each
+    resized (shorter side to `image_size`, bicubic) and centre-cropped to image_size², all in
+    the train split; the classes are the wnids, sorted (ImageNet-1k's index order)."""
+    if cfg.image_size is None:
+        raise SimudyError(f"{path}: an imagenet_sample dataset needs image_size (its images differ in size)")
+    with (_Folder(path, cfg.max_image_bytes) if path.is_dir() else _Zip(path, cfg.max_image_bytes)) as archive:
+        files = _wnid_files(path, archive.entries())
+        classes = sorted(files)
+        images = np.stack([_fitted(archive, files[c], cfg) for c in classes])
+    prov = {"source": cfg.source, "origin": str(path)}
+    ids = np.array([files[c] for c in classes])
+    empty = np.empty((0, *images.shape[1:]), np.uint8)
+    return {"train": RawSplit(images, np.arange(len(classes), dtype=np.int64), classes, ids, prov),
+            "test": RawSplit(empty, np.empty(0, np.int64), classes, np.empty(0, str), prov)}
+
+
+def _wnid_files(path: Path, entries: list[tuple[str, bool]]) -> dict[str, str]:
+    files: dict[str, str] = {}
+    folders = set()
+    for name, is_dir in entries:
+        parts = _entry_parts(path, name)
+        if is_dir or parts is None or PurePosixPath(name).suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        wnid = re.match(r"(n\d{8})_", parts[-1])
+        if wnid is None:
+            raise SimudyError(f"{path}: {name!r}: expected <wnid>_<name>.<ext>, a wnid being n and 8 digits")
+        if wnid[1] in files:
+            raise SimudyError(f"{path}: {name!r} and {files[wnid[1]]!r}: two images of class {wnid[1]}")
+        files[wnid[1]] = name
+        folders.add(parts[:-1])
+    if not files:
+        raise SimudyError(f"{path}: no images named <wnid>_<name>.<ext>")
+    if len(folders) > 1:
+        raise SimudyError(f"{path}: images in {len(folders)} folders; expected one flat folder")
+    return files
+
+
+def _fitted(archive: _Archive, name: str, cfg: DatasetConfig) -> np.ndarray:
+    from PIL import Image
+
+    size = cfg.image_size
+    with _open_image(archive, name, cfg.max_image_pixels) as im:
+        w, h = im.size
+        scale = size / min(w, h)
+        try:
+            im = im.convert("RGB").resize((max(size, round(w * scale)), max(size, round(h * scale))),
+                                          Image.Resampling.BICUBIC)
+        except Exception as err:  # Pillow raises many exception types for damaged image data
+            raise SimudyError(f"{archive.path}: {name!r}: cannot decode the image ({err})") from None
+        left, top = (im.width - size) // 2, (im.height - size) // 2
+        return np.asarray(im.crop((left, top, left + size, top + size)))
 
 
 # -- Tiny ImageNet's official layout ----------------------------------------------------------
