@@ -266,5 +266,7 @@ def test_source_record_describes_the_copy_fetch_would_read(tmp_path, monkeypatch
     with pytest.raises(SimudyError, match="SIMUDY_DATA_TOY is set, but dataset 'toy' is scikit-learn's bundled"):
         source_record("toy", DatasetConfig(source="digits"))
     monkeypatch.delenv("SIMUDY_DATA_TOY")
-    with pytest.raises(SimudyError, match="imagefolder source needs a path"):
-        source_record("toy", DatasetConfig(source="imagefolder"))
+    # No copy: the record says so (every other target's DAG still builds) and fetch-data stops.
+    assert source_record("toy", DatasetConfig(source="imagefolder")) == {"source": "imagefolder", "path": None}
+    with pytest.raises(SimudyError, match=r"imagefolder source needs a path \(or SIMUDY_DATA_TOY\)"):
+        fetch("toy", DatasetConfig(source="imagefolder"), tmp_path / "toy.npz")

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from simudy.config import DatasetConfig
-from simudy.data import fetch, load_dataset
+from simudy.data import fetch, load_dataset, source_record
 from simudy.errors import SimudyError
 from tests.conftest import ROOT
 
@@ -64,3 +64,11 @@ def test_the_shared_sample_has_one_image_for_each_of_the_first_100_classes(tmp_p
     ds = fetch("ins", DatasetConfig(source="imagenet_sample", image_size=32), tmp_path / "ins.npz")
     assert ds.images.shape == (100, 32, 32, 3) and ds.class_names[:2] == ["n01440764", "n01443537"]
     assert (ds.split == "train").all()
+
+
+def test_without_a_copy_the_record_says_so_and_fetch_names_the_variable(tmp_path, monkeypatch):
+    monkeypatch.delenv("SIMUDY_DATA_INS", raising=False)
+    cfg = DatasetConfig(source="imagenet_sample", image_size=8)
+    assert source_record("ins", cfg) == {"source": "imagenet_sample", "path": None}  # the DAG still builds
+    with pytest.raises(SimudyError, match=r"imagenet_sample source needs a path \(or SIMUDY_DATA_INS\)"):
+        fetch("ins", cfg, tmp_path / "ins.npz")

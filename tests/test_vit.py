@@ -92,3 +92,13 @@ def test_victim_json_takes_the_vits_settings_and_refuses_others():
     for bad, message in [({**KW, "hidden": [8]}, "not a setting of 'vit'"), ({**KW, "heads": 0}, "heads")]:
         with pytest.raises(ValueError, match=message):
             VictimMeta.model_validate({**base, "model_kwargs": bad})
+
+
+def test_a_run_with_the_position_term_logs_it(tmp_path):
+    victim, _ = vit_victim()
+    result = get_attack(attack_config("simudy", sim_epochs=1, steps=2, snapshot_every=1, log_every=1,
+                                      position_weight=1.0)).run(victim, ThreatModel.from_victim(victim, ALL), tmp_path)
+    rows = result.info["loss_rows"]
+    assert len(rows) == 2 and all(float(r["position"]) > 0 for r in rows)
+    plain = get_attack(attack_config("simudy", sim_epochs=1, steps=1, snapshot_every=1, log_every=1))
+    assert "position" not in plain.run(victim, ThreatModel.from_victim(victim, ALL), tmp_path / "b").info["loss_rows"][0]

@@ -57,6 +57,7 @@ SCHEMA_VERSION = 1
 SPLITS = ("train", "test")
 FOLDERS = {"train": "train", "test": "test"}  # an image folder's folder name -> split
 TINY_IMAGENET_FOLDERS = {"train": "train", "val": "test"}
+LOCAL_ONLY = ("imagefolder", "imagenet_sample")  # sources with no download
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 TINY_IMAGENET_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -297,6 +298,8 @@ def source_record(name: str, cfg: DatasetConfig) -> dict:
 
         return {"source": "digits", "scikit-learn": sklearn.__version__}
     local = _local_copy(name, cfg)
+    if local is None and cfg.source in LOCAL_ONLY:  # fetch-data will say what to set
+        return {"source": cfg.source, "path": None}
     if local is None and cfg.source == "svhn":
         return {"source": "svhn", "files": {svhn.BASE_URL + f: md5 for f, md5 in svhn.FILES.values()}}
     if local is None and cfg.source == "tinyimagenet":
@@ -319,8 +322,6 @@ def _local_copy(name: str, cfg: DatasetConfig) -> Path | None:
     origin = var if value else f"datasets.{name}.path"
     value = value or cfg.path
     if not value:
-        if cfg.source == "imagefolder":
-            raise SimudyError(f"dataset {name!r}: imagefolder source needs a path (or {var})")
         return None
     path = Path(value)
     if not path.exists():
@@ -350,9 +351,9 @@ def _read_source(name: str, cfg: DatasetConfig) -> dict[str, RawSplit]:
         return _read_digits()
     if cfg.source == "svhn":
         return _read_svhn(name, local)
+    if local is None and cfg.source in LOCAL_ONLY:
+        raise SimudyError(f"dataset {name!r}: {cfg.source} source needs a path (or SIMUDY_DATA_{name.upper()})")
     if cfg.source == "imagenet_sample":
-        if local is None:
-            raise SimudyError(f"dataset {name!r}: imagenet_sample needs a path (or SIMUDY_DATA_{name.upper()})")
         return _read_imagenet_sample(local, cfg)
     if local is None and cfg.source == "tinyimagenet":
         local = _download(cfg.url or TINY_IMAGENET_URL, name)

@@ -40,7 +40,10 @@ def pick_simulator(options: SimulatorConfig) -> Callable[..., Simulation]:
 @register
 class SimuDy(IterativeAttack):
     name = "simudy"
-    columns = ["loss", "distance", "tv", "lr", "clipped_steps"]
+
+    @property
+    def columns(self) -> list[str]:
+        return ["loss", "distance", "tv", *(["position"] if self.cfg.position_weight else []), "lr", "clipped_steps"]
 
     def requires(self) -> set[str]:
         # The hyper-parameters are never required: where they are withheld, the batch size is
