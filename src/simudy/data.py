@@ -516,7 +516,9 @@ def _read_imagefolder(path: Path, cfg: DatasetConfig) -> dict[str, RawSplit]:
     """Read `<root>/{train,test}/<class>/<file>` from a directory or a zip (root may be nested);
     Tiny ImageNet: its official layout, or an image folder whose test split is `val/`."""
     with (_Folder(path, cfg.max_image_bytes) if path.is_dir() else _Zip(path, cfg.max_image_bytes)) as archive:
-        if cfg.source == "tinyimagenet":
+        # Provenance names the reader: a CIFAR-10 or other copy read as an image folder says so.
+        reader = "tinyimagenet" if cfg.source == "tinyimagenet" else "imagefolder"
+        if reader == "tinyimagenet":
             files = _tiny_imagenet_layout(path, archive) or _layout(path, archive.entries(), TINY_IMAGENET_FOLDERS)
         else:
             files = _layout(path, archive.entries())
@@ -530,7 +532,7 @@ def _read_imagefolder(path: Path, cfg: DatasetConfig) -> dict[str, RawSplit]:
         end = start + len(rows[split])
         labels = np.array([ci for _, ci, _ in rows[split]], np.int64)
         ids = np.array([rel for _, _, rel in rows[split]])
-        out[split] = RawSplit(images[start:end], labels, classes, ids, {"source": cfg.source, "origin": str(path)})
+        out[split] = RawSplit(images[start:end], labels, classes, ids, {"source": reader, "origin": str(path)})
         start = end
     return out
 
