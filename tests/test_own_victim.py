@@ -207,7 +207,7 @@ BAD_DESCRIBE = [
     ("loss-logistic-ten-classes", _flags(loss="logistic"), "training.loss (--loss): a model with 10 output(s)"),
     ("optimizer-adam", _flags(optimizer="adam"), "training.optimizer (--optimizer): should be 'sgd' (got 'adam')"),
     ("arch-unknown", _flags(arch="vgg"),
-     "arch (--arch): unknown; known: ['mlp', 'resnet18', 'resnet50', 'vit'] (got 'vgg')"),
+     "arch (--arch): unknown; known: ['bert', 'mlp', 'resnet18', 'resnet50', 'vit'] (got 'vgg')"),
     ("arch-other-settings", _flags(arch="resnet18"),
      "model_kwargs.hidden (--model-kwargs): not a setting of 'resnet18'"),
     ("model_kwargs-not-json", _flags(model_kwargs="{hidden: 32"),

@@ -263,7 +263,7 @@ BAD_META = [
     ("mean-channels", _set("mean", [0.1, 0.2]), "mean: 2 value(s) for the 1 channel(s) of image_shape"),
     ("std-zero", _set("std", [0.0]), "std: must be a list of finite numbers > 0 (got [0.0])"),
     ("arch-unknown", _set("arch", "vgg16"),
-     "arch: unknown; known: ['mlp', 'resnet18', 'resnet50', 'vit'] (got 'vgg16')"),
+     "arch: unknown; known: ['bert', 'mlp', 'resnet18', 'resnet50', 'vit'] (got 'vgg16')"),
     ("model_kwargs-unknown", _set("model_kwargs.depth", 3), "model_kwargs.depth: not a setting of 'mlp'; its"),
     ("model_kwargs-text", _set("model_kwargs", "hidden=512"), "model_kwargs: must be a JSON object"),
     ("hidden-text", _set("model_kwargs.hidden", "512"), "model_kwargs.hidden: must be a list of at most 256 widths"),

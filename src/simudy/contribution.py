@@ -37,7 +37,17 @@ def share_vectors(model: nn.Module, theta0: dict[str, torch.Tensor], images: tor
         out = functional_call(model, (p, buffers), (x[None],))
         return training_loss(plan.loss, out, y[None])
 
-    per_image = vmap(grad(one_loss), in_dims=(None, 0, 0))
+    vectorised = vmap(grad(one_loss), in_dims=(None, 0, 0))
+
+    def per_image(p, x, y):
+        """vmap where the model allows it; one image at a time where its forward pass branches on
+        data (transformers' attention masks)."""
+        try:
+            return vectorised(p, x, y)
+        except RuntimeError:
+            grads = [grad(one_loss)(p, xi, yi) for xi, yi in zip(x, y)]
+            return {k: torch.stack([g[k] for g in grads]) for k in p}
+
     shares = torch.zeros(len(images), sum(v.numel() for v in params.values()), device=images.device)
     for batch in plan.batches(len(images)):
         grads = per_image(params, images[batch], labels[batch])

@@ -23,11 +23,11 @@ ROOT = Path(__file__).resolve().parent
 # module (simudy.attacks.base.MODULES); the CLI itself only parses arguments and wires modules.
 ENTRY = {
     "data_source": ["simudy.data"],
-    "fetch_data": ["simudy.data"],
+    "fetch_data": ["simudy.data", "simudy.text"],
     "pretrain": ["simudy.train"],
     "finetune_victim": ["simudy.victim"],
     "simulate_and_reconstruct": ["simudy.reconstruct"],
-    "pair_by_ssim": ["simudy.pairing"],
+    "pair_by_ssim": ["simudy.pairing", "simudy.text_pairing"],
     "report": ["simudy.report"],
     "sweep_report": ["simudy.sweep"],
     "table": ["simudy.report"],

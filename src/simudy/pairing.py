@@ -163,14 +163,19 @@ def pair_files(victim_dir: str | Path, reconstruct_dir: str | Path, out_dir: str
         metrics |= contribution_summary(dummies)
     pairs.insert(1, "source_id", truth.source_ids[pairs["train"]])
     pairs.insert(2, "label", [truth.class_names[i] for i in truth.labels[pairs["train"]]])
-    out_dir = Path(out_dir)
+    write_pairs(Path(out_dir), metrics, pairs, dummies)
+    return metrics
+
+
+def write_pairs(out_dir: Path, metrics: dict, pairs: pd.DataFrame, dummies: pd.DataFrame) -> None:
+    """The pairing stage's outputs: both tables in full before either is moved into place, then
+    `metrics.json`, whose presence marks the stage done."""
     with ExitStack() as stack:
         pairs_tmp, dummies_tmp = (stack.enter_context(atomic_path(out_dir / name))
                                   for name in ("pairs.csv", "dummies.csv"))
         pairs.to_csv(pairs_tmp, index=False, float_format="%.6f")
         dummies.to_csv(dummies_tmp, index=False, float_format="%.6f")
     write_json(out_dir / "metrics.json", metrics)
-    return metrics
 
 
 def read_reconstruction(path: Path, with_contribution: bool = False):

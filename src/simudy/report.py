@@ -1,5 +1,5 @@
 """Figures and tables: the methods side by side, the paper's Fig. 1 layout per method, loss
-curves, and results table rows."""
+curves, and results table rows; for text, the sentence table of Tab. 2."""
 
 from __future__ import annotations
 
@@ -19,10 +19,13 @@ from simudy.config import ExperimentConfig  # noqa: E402
 from simudy.data import load_dataset  # noqa: E402
 from simudy.io import atomic_path, read_json, save_figure, write_json  # noqa: E402
 from simudy.pairing import channels_last, progress_monitor, to_pixels  # noqa: E402
+from simudy.text import is_text_dataset  # noqa: E402
 
 ROW_COLUMNS = ["experiment", "profile", "method", "attack", "model", "n_images", "n_recon", "steps", "ssim",
                "paper_ssim", "paper_ref", "ssim_hungarian", "ssim_pixel", "psnr_pixel", "frac_ssim_ge_0.4", "seconds",
                "seconds_per_step"]
+
+TEXT_COLUMNS = ["rouge1", "rouge2", "rouge1_initial"]
 
 
 @dataclass
@@ -45,6 +48,8 @@ def make_report(cfg: ExperimentConfig, victim_dir, reconstruct_root, evaluate_ro
     `methods/<method>.png` (Fig. 1 layout), `loss.png`, `rows.csv` (a table row per method) and the
     experiment's `metrics.json` (per method; DVC metrics)."""
     out_dir = Path(out_dir)
+    if is_text_dataset(Path(victim_dir) / "truth.npz"):
+        return sentence_report(cfg, reconstruct_root, evaluate_root, out_dir, metrics_out)
     train_px, every = load_results(cfg, victim_dir, reconstruct_root, evaluate_root)
     by_name = {r.name: r for r in every}
     results = [by_name[run] for run in cfg.reconstruct.primary_runs()]
@@ -298,7 +303,8 @@ def write_table(rows: list[pd.DataFrame], path, methods: list[str] | None = None
     """Collect table rows (only those of `methods`, if given) into one markdown table. The
     profile column says which scale produced each number: a `cpu` row is never a reproduction
     of the paper's value."""
-    table = pd.concat(rows, ignore_index=True)[ROW_COLUMNS]
+    table = pd.concat(rows, ignore_index=True)
+    table = table[ROW_COLUMNS + [c for c in TEXT_COLUMNS if c in table]]
     if methods:
         table = table[table["method"].isin(methods)]
     table = table.sort_values(["experiment", "profile", "method"])
@@ -307,3 +313,52 @@ def write_table(rows: list[pd.DataFrame], path, methods: list[str] | None = None
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return table
+
+
+# -- text -------------------------------------------------------------------------------------
+
+
+def sentence_report(cfg: ExperimentConfig, reconstruct_root, evaluate_root, out_dir: Path, metrics_out) -> pd.DataFrame:
+    """The report for text: `methods/<run>.md` (original, initial and reconstructed sentences
+    with their ROUGE, as Tab. 2), `figure.png` (those tables), `loss.png`, `rows.csv` and
+    `metrics.json`."""
+    results, tables = [], {}
+    for run in cfg.reconstruct.primary_runs():
+        rec, ev = Path(reconstruct_root) / run, Path(evaluate_root) / run
+        r = MethodResult(run, np.empty(0), pd.read_csv(ev / "pairs.csv", keep_default_na=False),
+                         pd.read_csv(rec / "loss.csv"), read_json(rec / "run.json"), read_json(ev / "metrics.json"),
+                         pd.read_csv(ev / "dummies.csv"))
+        results.append(r)
+        tables[run] = r.pairs.sort_values("train")[["original", "initial", "reconstructed", "rouge1", "rouge2"]]
+        with atomic_path(out_dir / "methods" / f"{run}.md") as tmp:
+            tmp.write_text(f"# {cfg.title} [{run}, {cfg.profile} profile]\n\n"
+                           + tables[run].to_markdown(index=False, floatfmt=".3f") + "\n")
+    sentence_figure(out_dir / "figure.png", tables, f"{cfg.title} [{cfg.profile} profile]")
+    loss_figure(out_dir / "loss.png", results, f"{cfg.title} [{cfg.profile}]")
+    rows = pd.DataFrame([{
+        "experiment": cfg.name, "profile": cfg.profile, "method": r.name, "attack": r.run["attack"],
+        "model": cfg.init.arch, "n_images": r.metrics["n_train"], "n_recon": r.metrics["n_recon"],
+        "steps": r.run["steps"], "paper_ref": cfg.evaluate.paper_ref, "seconds": r.run["seconds"],
+        "seconds_per_step": r.run["seconds_per_step"], **{k: r.metrics[k] for k in TEXT_COLUMNS}}
+        for r in results]).reindex(columns=ROW_COLUMNS + TEXT_COLUMNS)
+    with atomic_path(out_dir / "rows.csv") as tmp:
+        rows.to_csv(tmp, index=False)
+    write_json(metrics_out, {r.name: r.metrics for r in results})
+    return rows
+
+
+def sentence_figure(path, tables: dict[str, pd.DataFrame], title: str) -> None:
+    """Each run's sentences as a table: original, initial, reconstructed, ROUGE-1."""
+    lines = sum(len(t) + 2 for t in tables.values())
+    fig, axes = plt.subplots(len(tables), 1, figsize=(15, 0.32 * lines + 0.8), squeeze=False)
+    for ax, (run, table) in zip(axes[:, 0], tables.items()):
+        ax.axis("off")
+        cells = [[*row[:3], f"{row[3]:.2f}"] for row in table.itertuples(index=False)]
+        shown = ax.table(cellText=cells, colLabels=["Original", "Initial", "Reconstructed", "ROUGE-1"],
+                         colWidths=[0.32, 0.32, 0.32, 0.06], loc="upper center", cellLoc="left")
+        shown.auto_set_font_size(False)
+        shown.set_fontsize(7.5)
+        shown.scale(1, 1.5)
+        ax.set_title(run, fontsize=9)
+    _suptitle(fig, title)
+    save_figure(fig, path)

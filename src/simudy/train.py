@@ -25,6 +25,10 @@ INIT_SCHEMA = 1
 
 def make_theta0(cfg: ExperimentConfig, dataset: str | Path, out_dir: str | Path) -> dict:
     """The `pretrain` stage: write `theta0.safetensors` and `init.json` (how θ0 was made)."""
+    if cfg.init.init == "weights":
+        from simudy import text
+
+        return text.make_theta0(cfg, out_dir)
     ds = load_dataset(dataset, split=cfg.init.split)
     torch.manual_seed(cfg.init.seed)
     outputs = cfg.init.outputs or len(ds.class_names)

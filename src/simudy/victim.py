@@ -4,8 +4,9 @@ A victim directory holds
 
     theta0.safetensors   initial parameters (and BatchNorm buffers)
     thetaf.safetensors   final parameters
-    victim.json          architecture, image shape, classes, normalisation, training
-                         hyper-parameters, subset indices and seeds (`VictimMeta`)
+    victim.json          architecture, input (image shape and normalisation, or for text the
+                         token counts), classes, training hyper-parameters, subset indices
+                         and seeds (`VictimMeta`)
     truth.npz            the training subset, in the canonical dataset format (evaluation only)
 
 `victim.json` is written and read through `VictimMeta`: every problem in it is one error naming
@@ -34,6 +35,7 @@ from simudy.errors import SimudyError, dotted, short
 from simudy.io import read_json, write_json
 from simudy.losses import LossKind
 from simudy.models import available, build_model, centre_on, flatten, options
+from simudy.text import is_text_dataset
 from simudy.train import finetune
 
 log = logging.getLogger(__name__)
@@ -125,6 +127,17 @@ class ModelKwargs(BaseModel):
     patch: _int(1, 4096) | None = None
     depth: _int(1, MAX_LAYERS) | None = None
     heads: _int(1, 4096) | None = None
+    weights: str | None = None
+
+
+class TokensMeta(_Meta):
+    """A text victim's inputs as the attacker knows them: each training sentence's token count
+    ([CLS] and [SEP] included), and the ids of the tokens that open, close and pad a sentence."""
+
+    lengths: Annotated[list[_int(2, 512)], Field(min_length=1), _must("a non-empty list of integers from 2 to 512")]
+    cls: Index
+    sep: Index
+    pad: Index
 
 
 class VictimMeta(_Meta):
@@ -132,14 +145,16 @@ class VictimMeta(_Meta):
     (num_outputs defaults to num_classes; class names, subset, init and losses are records)."""
 
     schema_: Schema = Field(default=META_SCHEMA, alias="schema")
+    input: Literal["image", "text"] = "image"
     arch: str
     model_kwargs: ModelKwargs = ModelKwargs()
-    image_shape: ImageShape
+    image_shape: ImageShape | None = None  # images only, as mean and std
+    tokens: TokensMeta | None = None  # text only
     num_classes: _int(2, 100_000)
     num_outputs: Count | None = None
     class_names: list[str] | None = None
-    mean: Numbers
-    std: PositiveNumbers
+    mean: Numbers | None = None
+    std: PositiveNumbers | None = None
     n_images: _int(1, 1_000_000)
     training: TrainingMeta
     subset: SubsetMeta | None = None
@@ -166,10 +181,28 @@ class VictimMeta(_Meta):
 
     @model_validator(mode="after")
     def _consistent(self) -> VictimMeta:
+        needed = ("image_shape", "mean", "std") if self.input == "image" else ("tokens",)
+        for key in needed:
+            if getattr(self, key) is None:
+                raise _problem(key, f"missing (a victim with {self.input} inputs needs it)")
+        if self.input == "text":
+            if len(self.tokens.lengths) != self.n_images:
+                raise _problem("tokens.lengths", f"{len(self.tokens.lengths)} entries for n_images {self.n_images}")
+            self._check_common()
+            return self
         channels = self.image_shape[0]
         for key in ("mean", "std"):
             if len(getattr(self, key)) != channels:
                 raise _problem(key, f"{len(getattr(self, key))} value(s) for the {channels} channel(s) of image_shape")
+        self._check_common()
+        values = self.n_images * math.prod(self.image_shape)
+        if values > MAX_IMAGE_VALUES:
+            raise _problem("n_images", f"{self.n_images} images of shape {self.image_shape} are {values:.3g} pixel "
+                                       f"values, more than an attack can hold ({MAX_IMAGE_VALUES:.3g})")
+        _check_architecture(self)
+        return self
+
+    def _check_common(self) -> None:
         if self.outputs != self.num_classes and not (self.outputs == 1 and self.num_classes == 2):
             raise _problem("num_outputs", f"must be num_classes ({self.num_classes}), or 1 for a two-class "
                                           f"logistic model (got {self.outputs})")
@@ -184,12 +217,6 @@ class VictimMeta(_Meta):
                 if len(getattr(self.subset, key)) != self.n_images:
                     raise _problem(f"subset.{key}", f"{len(getattr(self.subset, key))} entries for n_images "
                                                     f"{self.n_images}")
-        values = self.n_images * math.prod(self.image_shape)
-        if values > MAX_IMAGE_VALUES:
-            raise _problem("n_images", f"{self.n_images} images of shape {self.image_shape} are {values:.3g} pixel "
-                                       f"values, more than an attack can hold ({MAX_IMAGE_VALUES:.3g})")
-        _check_architecture(self)
-        return self
 
 
 def _problem(key: str, problem: str) -> PydanticCustomError:
@@ -278,7 +305,7 @@ def _explain(error: dict) -> tuple[str, str]:
 
 
 def _known_keys(parent: tuple[str, ...]) -> list[str]:
-    model = {(): VictimMeta, ("training",): TrainingMeta, ("subset",): SubsetMeta}[parent]
+    model = {(): VictimMeta, ("training",): TrainingMeta, ("subset",): SubsetMeta, ("tokens",): TokensMeta}[parent]
     return sorted(field.alias or name for name, field in model.model_fields.items())
 
 
@@ -335,6 +362,10 @@ class Victim:
 
 def make_victim(cfg: ExperimentConfig, dataset: str | Path, init_dir: str | Path, out_dir: str | Path) -> dict:
     """The `finetune-victim` stage: train θ0 on the victim subset and write the bundle."""
+    if is_text_dataset(dataset):
+        from simudy import text
+
+        return text.make_victim(cfg, dataset, init_dir, out_dir)
     init_dir, out_dir = Path(init_dir), Path(out_dir)
     ds = load_dataset(dataset, split="train")
     if cfg.victim.groups:
@@ -379,7 +410,7 @@ def _metadata(cfg: ExperimentConfig, info: dict, ds: Dataset, rows, losses: list
 
 def build_from_meta(meta: dict) -> nn.Module:
     outputs = meta.get("num_outputs") or meta.get("num_classes")
-    return build_model(meta["arch"], meta["image_shape"], outputs, **meta.get("model_kwargs", {}))
+    return build_model(meta["arch"], meta.get("image_shape"), outputs, **meta.get("model_kwargs", {}))
 
 
 def load_victim(victim_dir: str | Path) -> Victim:
@@ -394,8 +425,8 @@ def load_victim(victim_dir: str | Path) -> Victim:
     return Victim(meta=meta, model=model, theta0={n: s0[n] for n in names}, thetaf={n: sf[n] for n in names})
 
 
-def parameter_change(victim: Victim) -> torch.Tensor:
-    """θ0 − θf flattened over the trainable parameters, in `named_parameters` order."""
+def parameter_change(victim: Victim, names: list[str] | None = None) -> torch.Tensor:
+    """θ0 − θf flattened over the trainable parameters (or those in `names`), in their order."""
     if victim.theta0 is None:
         raise SimudyError("the parameter change needs θ0, which this threat model withholds")
-    return flatten([victim.theta0[n] - victim.thetaf[n] for n in victim.theta0])
+    return flatten([victim.theta0[n] - victim.thetaf[n] for n in (names or victim.theta0)])

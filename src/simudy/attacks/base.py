@@ -1,4 +1,4 @@
-"""The attack interface: what the threat model grants in, reconstructed images out.
+"""The attack interface: what the threat model grants in, reconstructed inputs out.
 
 An attack receives the released model (architecture and θf), θ0 only if the threat model
 grants it, and a `ThreatModel` saying what else is known. It declares what it needs
@@ -17,6 +17,7 @@ import torch
 
 from simudy.config import AttackConfig, ThreatConfig
 from simudy.errors import SimudyError
+from simudy.inputs import InputKind, of_victim
 from simudy.losses import LossKind
 from simudy.victim import Victim
 
@@ -33,10 +34,12 @@ class TrainingHyperparams:
 
 @dataclass(frozen=True)
 class ThreatModel:
-    """What the attacker knows besides θf. Always: the image shape and normalisation, the
-    classes and the model's outputs. The rest only where `granted` says so (None otherwise)."""
+    """What the attacker knows besides θf. Always: the input kind (for images their shape and
+    normalisation), the classes and the model's outputs. The rest only where `granted` says so
+    (None otherwise)."""
 
-    image_shape: tuple[int, int, int]
+    inputs: InputKind
+    image_shape: tuple[int, int, int] | None
     num_classes: int
     num_outputs: int
     mean: tuple[float, ...]
@@ -52,12 +55,14 @@ class ThreatModel:
     def from_victim(cls, victim: Victim, grants: ThreatConfig) -> ThreatModel:
         t = victim.training
         granted = frozenset(g for g in GRANTS if getattr(grants, g))
+        inputs = of_victim(victim, "theta0" in granted)
         return cls(
-            image_shape=victim.image_shape,
+            inputs=inputs,
+            image_shape=getattr(inputs, "shape", None),
             num_classes=victim.num_classes,
             num_outputs=victim.num_outputs,
-            mean=tuple(victim.meta["mean"]),
-            std=tuple(victim.meta["std"]),
+            mean=tuple(victim.meta.get("mean", ())),
+            std=tuple(victim.meta.get("std", ())),
             granted=granted,
             n_images=int(victim.meta["n_images"]) if "dataset_size" in granted else None,
             hyperparams=TrainingHyperparams(t["epochs"], t["batch_size"], t["lr"], t.get("loss", "cross_entropy"))
@@ -87,7 +92,8 @@ Monitor = Callable[[torch.Tensor], dict[str, float]]
 
 @dataclass
 class Reconstruction:
-    images: torch.Tensor  # [n, C, H, W] in the victim's normalised space, on the CPU
+    # [n, C, H, W] in the victim's normalised space (the input kind's optimised tensor), on the CPU
+    images: torch.Tensor
     labels: torch.Tensor | None  # [n] class indices where the attack assigns or infers them
     info: dict  # steps, seconds, final loss, ...
     # Per-image measures saved beside the images, e.g. "contribution" [n] (SimuDy, Sec. 4.5).
@@ -96,6 +102,7 @@ class Reconstruction:
 
 class Attack(ABC):
     name: str
+    inputs: tuple[str, ...] = ("image",)  # the input kinds it attacks
 
     def __init__(self, cfg: AttackConfig):
         self.cfg = cfg
@@ -105,6 +112,9 @@ class Attack(ABC):
         return set() if self.cfg.n_images is not None else {"dataset_size"}
 
     def check(self, threat: ThreatModel) -> None:
+        if threat.inputs.name not in self.inputs:
+            raise SimudyError(f"attack {self.name!r} reconstructs {' and '.join(self.inputs)} inputs, "
+                              f"not {threat.inputs.name}")
         missing = sorted(self.requires() - threat.granted)
         if missing:
             raise SimudyError(f"attack {self.name!r} needs {missing}, which the threat model does not grant "
@@ -147,8 +157,3 @@ def attack_class(name: str) -> type[Attack]:
 def get_attack(cfg: AttackConfig) -> Attack:
     return attack_class(cfg.attack)(cfg)
 
-
-def balanced_labels(n: int, num_classes: int, gen: torch.Generator) -> torch.Tensor:
-    """An equal number of each class (as far as n allows), in random order."""
-    labels = torch.arange(n) % num_classes
-    return labels[torch.randperm(n, generator=gen)]

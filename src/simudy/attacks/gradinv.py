@@ -11,9 +11,10 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call
 
-from simudy.attacks.base import ThreatModel, balanced_labels, register
+from simudy.attacks.base import ThreatModel, register
 from simudy.attacks.optimise import IterativeAttack
 from simudy.errors import SimudyError
+from simudy.inputs import balanced_labels
 from simudy.losses import training_loss
 from simudy.models import flatten
 from simudy.objectives import cosine_distance, total_variation

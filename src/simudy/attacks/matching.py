@@ -15,8 +15,9 @@ from collections.abc import Callable
 import torch
 from torch.func import functional_call
 
-from simudy.attacks.base import ThreatModel, balanced_labels
+from simudy.attacks.base import ThreatModel
 from simudy.attacks.optimise import IterativeAttack
+from simudy.inputs import balanced_labels
 from simudy.models import flatten
 from simudy.victim import Victim
 

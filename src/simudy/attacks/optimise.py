@@ -46,6 +46,10 @@ class IterativeAttack(Attack):
     def images(self) -> torch.Tensor:
         return self.tensors["images"]
 
+    def readable(self, images: torch.Tensor) -> torch.Tensor:
+        """The images as the progress monitor scores them."""
+        return images
+
     def run(self, victim: Victim, threat: ThreatModel, workdir: Path, monitor: Monitor | None = None) -> Reconstruction:
         return self.optimise(self.start(victim, threat, pick_device(self.cfg.device)), threat, workdir, monitor)
 
@@ -82,7 +86,7 @@ class IterativeAttack(Attack):
                 images = self.images().detach().cpu()
                 run.snapshot(RunState(step + 1, seconds, self._capture()), images)
                 if monitor is not None:
-                    scores = " ".join(f"{k} {v:.4f}" for k, v in monitor(images).items())
+                    scores = " ".join(f"{k} {v:.4f}" for k, v in monitor(self.readable(images)).items())
                     log.info("%s step %d: %s (against the truth; the attack does not see it)", self.name, step + 1,
                              scores)
             if out_of_time:

@@ -1,5 +1,6 @@
-"""SimuDy (Alg. 1, Eq. 5): optimise dummy images so that training on them, simulated from θ0,
-moves the parameters the way the real training did."""
+"""SimuDy (Alg. 1, Eq. 5): optimise dummy inputs so that training on them, simulated from θ0,
+moves the parameters the way the real training did. The input kind (simudy.inputs) says what
+a dummy is: an image, or a distribution over the vocabulary at each token position."""
 
 from __future__ import annotations
 
@@ -11,19 +12,23 @@ from pathlib import Path
 
 import torch
 
-from simudy.attacks.base import Monitor, Reconstruction, ThreatModel, balanced_labels, register
+from simudy.attacks.base import Monitor, Reconstruction, ThreatModel, register
 from simudy.attacks.optimise import Diverged, IterativeAttack
 from simudy.config import SimulatorConfig
 from simudy.contribution import contributions
 from simudy.devices import pick_device
 from simudy.errors import SimudyError
 from simudy.models import flatten
-from simudy.objectives import cosine_distance, squared_distance, total_variation
+from simudy.objectives import cosine_distance, squared_distance
 from simudy.simulate import Simulation, TrainingPlan, matmul_precision, simulate
 from simudy.simulate_reference import simulate_reference
 from simudy.victim import Victim, parameter_change
 
 log = logging.getLogger(__name__)
+
+# The extra cosine terms on one embedding's change: (log column, the model attribute naming the
+# parameter), each weighted by the attack's `<column>_weight`.
+TERMS = (("position", "position_embedding"), ("token", "token_embedding"))
 
 
 def cyclic_cosine(base_lr: float, step: int, period: int) -> float:
@@ -40,10 +45,12 @@ def pick_simulator(options: SimulatorConfig) -> Callable[..., Simulation]:
 @register
 class SimuDy(IterativeAttack):
     name = "simudy"
+    inputs = ("image", "text")
 
     @property
     def columns(self) -> list[str]:
-        return ["loss", "distance", "tv", *(["position"] if self.cfg.position_weight else []), "lr", "clipped_steps"]
+        return ["loss", "distance", "tv", *(column for column, _ in TERMS if getattr(self.cfg, f"{column}_weight")),
+                "lr", "clipped_steps"]
 
     def requires(self) -> set[str]:
         # The hyper-parameters are never required: where they are withheld, the batch size is
@@ -56,7 +63,12 @@ class SimuDy(IterativeAttack):
         else:
             result = super().run(victim, threat, workdir, monitor)
         result.extras["contribution"] = self.contribution()
+        result.extras |= self.kind.outputs(result.images)
+        result.extras |= {f"initial_{k}": v for k, v in self.kind.outputs(self.initial_images).items()}
         return result
+
+    def readable(self, images: torch.Tensor) -> torch.Tensor:
+        return self.kind.readable(images)
 
     def _search_and_run(self, victim: Victim, threat: ThreatModel, workdir: Path,
                         monitor: Monitor | None) -> Reconstruction:
@@ -101,12 +113,17 @@ class SimuDy(IterativeAttack):
         if self.sim_lr is None:
             raise SimudyError(f"{self.name}: the threat model withholds the learning rate and sim_lr is not set: "
                               "run the attack (it searches search.lrs) or set sim_lr")
-        self.victim, self.threat, self.target = victim, threat, parameter_change(victim)
-        self.position = position_index(victim) if cfg.position_weight else None
+        self.kind = threat.inputs.configured(cfg)
+        self.kind.bind(victim.model)
+        self.victim, self.threat = victim, threat
+        self.theta0 = self.kind.simulated(victim.theta0)
+        self.target = parameter_change(victim, list(self.theta0))
+        self.terms = [(column, weight, *embedding_index(victim, list(self.theta0), attribute))
+                      for column, attribute in TERMS if (weight := getattr(cfg, f"{column}_weight"))]
         gen = torch.Generator().manual_seed(cfg.seed)
         n = max(1, round(cfg.dummies * self.n_images(threat)))
-        x = cfg.init_scale * torch.randn((n, *threat.image_shape), generator=gen)
-        labels = balanced_labels(n, threat.num_classes, gen)
+        x = self.kind.dummies(n, gen, cfg.init_scale)
+        labels = self.kind.labels(n, threat.num_classes, gen)
         if cfg.init_images == "natural":
             x = natural_images(threat, labels)
         self.labels = labels.to(device)
@@ -129,25 +146,25 @@ class SimuDy(IterativeAttack):
         """Each dummy's total-gradient norm over the simulated training (Sec. 4.5), at the final
         images and the plan of the last steps."""
         with matmul_precision(self.cfg.simulator):
-            return contributions(self.victim.model, self.victim.theta0, self.images(), self.labels,
+            return contributions(self.victim.model, self.theta0, self.kind.model_input(self.images()), self.labels,
                                  self.plan(self.cfg.steps))
 
     def objective(self, x: torch.Tensor, plan: TrainingPlan) -> tuple[torch.Tensor, dict]:
-        sim = pick_simulator(self.cfg.simulator)(self.victim.model, self.victim.theta0, x, self.labels, plan)
+        sim = pick_simulator(self.cfg.simulator)(self.victim.model, self.theta0, self.kind.model_input(x), self.labels,
+                                                 plan)
         change = flatten(sim.grad_sum)
         if self.cfg.loss == "cosine":
             distance = cosine_distance(change, self.target)
         else:
             distance = squared_distance(plan.lr * change, self.target)
-        tv = total_variation(x)
+        tv = self.kind.prior(x)
         loss = distance + self.cfg.tv_weight * tv
         info = {"distance": distance.item(), "tv": tv.item(), "clipped_steps": sim.clipped_steps}
-        if self.position is not None:
+        for column, weight, index, target in self.terms:
             # 1 − cos: the paper's −β·cos shifted by β, so that the loss stays ≥ 0.
-            index, target = self.position
-            position = cosine_distance(sim.grad_sum[index].flatten(), target)
-            loss = loss + self.cfg.position_weight * position
-            info["position"] = position.item()
+            term = cosine_distance(sim.grad_sum[index].flatten(), target)
+            loss = loss + weight * term
+            info[column] = term.item()
         return loss, info
 
     def step(self, step: int) -> dict:
@@ -164,14 +181,16 @@ class SimuDy(IterativeAttack):
         return {"loss": loss.item(), **parts, "lr": lr}
 
 
-def position_index(victim: Victim) -> tuple[int, torch.Tensor]:
-    """Where the model's position embedding sits among the simulated gradients, and its own
-    change θ0 − θf (App. C.6)."""
-    name = getattr(victim.model, "position_embedding", None)
+def embedding_index(victim: Victim, names: list[str], attribute: str) -> tuple[int, torch.Tensor]:
+    """Where the embedding the model names by `attribute` sits among the simulated gradients
+    (of the parameters `names`), and its own change θ0 − θf: App. C.6's position embedding,
+    or a text model's token embeddings."""
+    name = getattr(victim.model, attribute, None)
     if name is None:
-        raise SimudyError(f"position_weight needs a model that names its position embedding; "
-                          f"{type(victim.model).__name__} does not (a ViT does)")
-    names = list(victim.theta0)
+        kind = ("position embedding (a ViT does)" if attribute == "position_embedding"
+                else "token embeddings (a text model does)")
+        raise SimudyError(f"{attribute.split('_')[0]}_weight needs a model that names its {kind}; "
+                          f"{type(victim.model).__name__} does not")
     return names.index(name), (victim.theta0[name] - victim.thetaf[name]).flatten()
 
 
