@@ -349,16 +349,21 @@ def sentence_report(cfg: ExperimentConfig, reconstruct_root, evaluate_root, out_
 
 def sentence_figure(path, tables: dict[str, pd.DataFrame], title: str) -> None:
     """Each run's sentences as a table: original, initial, reconstructed, ROUGE-1."""
-    lines = sum(len(t) + 2 for t in tables.values())
-    fig, axes = plt.subplots(len(tables), 1, figsize=(15, 0.32 * lines + 0.8), squeeze=False)
-    for ax, (run, table) in zip(axes[:, 0], tables.items()):
+    row_inches, head = 0.3, _title_height(title)
+    heights = [row_inches * (len(t) + 2) for t in tables.values()]
+    fig = plt.figure(figsize=(15, sum(heights) + head))
+    top = sum(heights)
+    for (run, table), height in zip(tables.items(), heights):
+        top -= height
+        ax = fig.add_axes((0.01, top / (sum(heights) + head), 0.98, height / (sum(heights) + head)))
         ax.axis("off")
         cells = [[*row[:3], f"{row[3]:.2f}"] for row in table.itertuples(index=False)]
+        lines = len(cells) + 1  # and one line above the table for the run's name
         shown = ax.table(cellText=cells, colLabels=["Original", "Initial", "Reconstructed", "ROUGE-1"],
-                         colWidths=[0.32, 0.32, 0.32, 0.06], loc="upper center", cellLoc="left")
+                         colWidths=[0.31, 0.31, 0.31, 0.07], bbox=(0, 0.02, 1, lines / (lines + 1) - 0.02),
+                         cellLoc="left")
         shown.auto_set_font_size(False)
-        shown.set_fontsize(7.5)
-        shown.scale(1, 1.5)
-        ax.set_title(run, fontsize=9)
+        shown.set_fontsize(8)
+        ax.text(0, 1, f"{run}: mean ROUGE-1 {table['rouge1'].mean():.3f}", fontsize=9, va="top")
     _suptitle(fig, title)
     save_figure(fig, path)
