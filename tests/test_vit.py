@@ -103,3 +103,26 @@ def test_a_run_with_the_position_term_logs_it(tmp_path):
     plain = get_attack(attack_config("simudy", sim_epochs=1, steps=1, snapshot_every=1, log_every=1))
     rows = plain.run(victim, ThreatModel.from_victim(victim, ALL), tmp_path / "b").info["loss_rows"]
     assert "position" not in rows[0]
+
+
+def test_a_hub_vit_becomes_the_projects_vit_with_a_new_head(tmp_path):
+    """The pre-trained ViT of the paper profile (`init: weights`), from a hub-format folder: the
+    same features as transformers' own ViT, with only the head left to initialise."""
+    from transformers import ViTConfig, ViTModel
+
+    from simudy.models import vit_from_hub
+
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=8, num_hidden_layers=2,
+                       num_attention_heads=2, intermediate_size=32)
+    ViTModel(config, add_pooling_layer=False).save_pretrained(tmp_path / "hub")
+    hub = ViTModel.from_pretrained(tmp_path / "hub", add_pooling_layer=False).eval()
+    model, kwargs = vit_from_hub(str(tmp_path / "hub"), SHAPE, 3)
+    assert kwargs == {"patch": 4, "width": 8, "depth": 2, "heads": 2}
+    x = torch.randn(2, *SHAPE)
+    tokens = torch.cat([model.cls_token.expand(2, -1, -1), model.patch_embed(x).flatten(2).transpose(1, 2)], 1)
+    ours = model.norm(model.blocks(tokens + model.pos_embedding))[:, 0]
+    assert torch.allclose(ours, hub(pixel_values=x).last_hidden_state[:, 0], atol=1e-5)
+    assert model(x).shape == (2, 3)
+    with pytest.raises(SimudyError, match="images are \\[3, 8, 8\\]"):
+        vit_from_hub(str(tmp_path / "hub"), (3, 8, 8), 3)

