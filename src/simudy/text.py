@@ -197,10 +197,6 @@ def encode(tok, sentences: list[str]) -> Tokens:
     return Tokens(enc["input_ids"], enc["attention_mask"].sum(1))
 
 
-def decode(tok, tokens: Tokens) -> list[str]:
-    return [tok.decode(row[:n].tolist()) for row, n in zip(tokens.ids, tokens.lengths.tolist())]
-
-
 @dataclass(frozen=True)
 class TextInput(InputKind):
     """A dummy sentence is a distribution over candidate tokens at each position (logits
