@@ -1,10 +1,10 @@
 """The input kind: what an attack optimises in place of the training inputs, and how.
 
-Images and token sequences differ in five things, and only here: the tensor an attack
-optimises (pixels; or, for text, a distribution over the vocabulary at each position), how it
-becomes the model's input, which prior applies (total variation for images), which of the
-model's parameters the training simulation reaches, and what the attack writes out besides
-the tensor (token ids for text). The attacks and the simulator stay the same for every kind.
+Images and token sequences differ here, and only here: the tensor an attack optimises
+(pixels; or, for text, a distribution over the vocabulary at each position), how it becomes the
+model's input, which prior applies (total variation for images), the dummies' classes, and
+what the attack writes out besides the tensor (token ids for text). The attacks and the
+simulator stay the same for every kind.
 The stages around them (reading a dataset, pairing and scoring, the report) are picked by
 the victim's `input` in `simudy.text` and the image modules.
 """
@@ -55,10 +55,6 @@ class InputKind(ABC):
     def labels(self, n: int, num_classes: int, gen: torch.Generator) -> torch.Tensor:
         """The dummies' classes."""
         return balanced_labels(n, num_classes, gen)
-
-    def simulated(self, theta: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The parameters that training on the model's input reaches (all of them, for images)."""
-        return theta
 
     def outputs(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """What is written beside the optimised tensor."""

@@ -116,7 +116,7 @@ class SimuDy(IterativeAttack):
         self.kind = threat.inputs.configured(cfg)
         self.kind.bind(victim.model)
         self.victim, self.threat = victim, threat
-        self.theta0 = self.kind.simulated(victim.theta0)
+        self.theta0 = victim.theta0
         self.target = parameter_change(victim, list(self.theta0))
         self.terms = [(column, weight, *embedding_index(victim, list(self.theta0), attribute))
                       for column, attribute in TERMS if (weight := getattr(cfg, f"{column}_weight"))]
