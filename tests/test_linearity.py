@@ -115,12 +115,19 @@ def _registry(tmp_path, edit=None, profile_edit=None) -> str:
 def test_the_registry_resolves_the_profiles():
     reg = load_registry(REGISTRY)
     _, paper = reg.linearity_table("tab1", "paper")
-    assert paper.measured() == ["mlp200", "mlp500", "mlp1000", "mlp2000", "mlp4000", "resnet18"]
+    assert paper.measured() == ["mlp200", "mlp500", "mlp1000", "mlp2000", "mlp4000", "resnet18", "resnet18_pretrained"]
     assert (paper.per_class, paper.epochs, paper.batch_size, paper.lr, paper.init) == (10, 20, 100, 0.01, "random")
     assert paper.networks["mlp1000"].hidden == [1000, 1000] and paper.networks["resnet18"].width == 64
-    assert [paper.networks[n].paper for n in paper.measured()] == [0.9134, 0.9165, 0.9306, 0.9396, 0.9535, 0.5988]
+    assert [paper.networks[n].paper for n in paper.measured()] == [0.9134, 0.9165, 0.9306, 0.9396, 0.9535, 0.5988,
+                                                                   0.5988]
+    # The pre-trained ResNet's θ0: defaults.init with the table's shorter pre-training.
+    assert [paper.network_init(n) for n in ("resnet18", "resnet18_pretrained")] == ["random", "pretrained"]
+    theta0 = reg.linearity_theta0(paper, "resnet18_pretrained")
+    assert (theta0.arch, theta0.width, theta0.split, theta0.limit, theta0.epochs, theta0.settle_epochs) == \
+        ("resnet18", 64, "test", 2000, 5, 2)
     name, cpu = reg.linearity_table(None, "cpu")  # the only table
     assert name == "tab1" and cpu.networks["resnet18"].width == 16 and cpu.networks["mlp200"].hidden == [200, 200]
+    assert cpu.networks["resnet18_pretrained"].width == 16
 
 
 @pytest.mark.parametrize("edit, profile_edit, message", [

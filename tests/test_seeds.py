@@ -15,7 +15,7 @@ from simudy.checkpoints import load_weights
 from simudy.config import load_experiment, load_registry, read_yaml
 from simudy.errors import SimudyError
 from simudy.report import make_report
-from simudy.sweep import sweep_table
+from simudy.sweep import seed_numbers, sweep_metrics, sweep_table
 from tests.conftest import ROOT, run_cli
 
 REGISTRY = ROOT / "params/experiments.yaml"
@@ -90,7 +90,7 @@ def test_the_report_gives_each_seeds_metrics_and_the_catalogue_their_mean(victim
     assert value.seeds == tuple(per_seed)
 
 
-def test_a_sweep_point_gives_its_ssim_over_the_seeds(tmp_path):
+def test_a_sweep_point_gives_its_numbers_over_the_seeds(tmp_path):
     cfg = load_registry(_registry(tmp_path, [0, 1, 2])).resolve("figB", "cpu")
     ssim = {"simudy_losscosine": 0.5, "simudy_losscosine_seed1": 0.7, "simudy_losscosine_seed2": 0.6,
             "simudy_losseuclidean": 0.2, "simudy_losseuclidean_seed1": 0.2, "simudy_losseuclidean_seed2": 0.2}
@@ -98,9 +98,18 @@ def test_a_sweep_point_gives_its_ssim_over_the_seeds(tmp_path):
                                run={"final_loss": 0.1, "seconds": 1.0},
                                metrics={"ssim": value, "ssim_matched": value, "n_recon": 20})
                for run, value in ssim.items()]
+    results[1].run["final_loss"] = 0.4
     table = sweep_table(cfg, results).set_index("run")
     assert list(table.index) == ["simudy_losscosine", "simudy_losseuclidean"]  # one row per point
     assert table.loc["simudy_losscosine", "ssim"] == 0.5  # the run at its own seed
     assert table.loc["simudy_losscosine", ["ssim_seed_mean", "ssim_seed_sd", "n_seeds"]].tolist() == \
         pytest.approx([0.6, 0.1, 3])
     assert table.loc["simudy_losseuclidean", "ssim_seed_sd"] == pytest.approx(0.0)
+
+    # The metrics keep every seed's numbers, so the catalogue gives any of them (here the final
+    # loss, which the table has for seed 0 only) as mean ± sd.
+    metrics = sweep_metrics(cfg, table.reset_index(), seed_numbers(cfg, results))
+    assert metrics["points"]["simudy_losscosine"]["final_loss"] == 0.1
+    assert metrics["points"]["simudy_losscosine"]["seeds"]["1"]["final_loss"] == 0.4
+    value = catalogue.lookup(metrics, ("points", "simudy_losscosine", "final_loss"), tmp_path / "sweep.json")
+    assert value.seeds == (0.1, 0.4, 0.1)

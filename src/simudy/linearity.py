@@ -17,8 +17,10 @@ size 100"):
   Fig. 4 MLP, 3072-1000-1000-10, is the width-1000 row); `hidden: [w]` makes it 3072-w-10.
   ResNet-18 is the CIFAR ResNet-18 of simudy.models at base width 64.
 * θ0: every network trained from a seeded random init with the same recipe, as the table says
-  (`init: random`). The paper fine-tunes a pre-trained ResNet-18 elsewhere; `init: pretrained`
-  pre-trains θ0 as `defaults.init` says (on the test split), changed by the table's `pretrain`.
+  (`init: random`). In eval mode a random-init ResNet barely trains (its BatchNorm statistics
+  are the init's), so its M_lin is ~1; the paper's ResNet victims fine-tune a pre-trained θ0,
+  which a network's `init: pretrained` gives (`resnet18_pretrained`): θ0 pre-trained as
+  `defaults.init` says (on the test split), changed by the table's `pretrain`.
 * Training: the victims' recipe (simudy.train.finetune): plain SGD at lr 0.01, batch 100, the
   model in eval mode (BatchNorm uses its running statistics), images in dataset order. With
   100 images and batch 100, each epoch is one full-batch step.

@@ -9,7 +9,8 @@ and which lr the probe would have picked; the figure plots loss and SSIM against
 sweeps (a guessed batch size, a dummy-set size) plot the loss curves, the SSIM and the
 contributions of matched and unmatched dummies side by side. Where the experiment repeats its
 runs over attack seeds (`reconstruct.seeds`), a point's row also has its SSIM's mean and sd over
-the seeds (error bars in the figure); every other number is the run at its own seed.
+the seeds (error bars in the figure); every other number in the row is the run at its own seed,
+and the metrics hold every seed's numbers beside it.
 """
 
 from __future__ import annotations
@@ -37,36 +38,47 @@ LR = "sim_lr"
 def sweep_table(cfg: ExperimentConfig, results: list) -> pd.DataFrame:
     """A row per grid point (`results`: report.MethodResult of each run)."""
     points = cfg.reconstruct.sweep.points()
-    by_name = {r.name: r for r in results}
-    rows = []
-    for r in results:
-        if r.name not in points:
-            continue
-        probe_step = cfg.reconstruct.method(r.name).search.probe_steps
-        at_probe = r.loss.loc[r.loss["step"] == probe_step, "loss"]
-        search = r.run.get("search", {})
-        rows.append({
-            "run": r.name, **points[r.name],
-            "final_loss": r.run["final_loss"], "probe_loss": float(at_probe.iloc[0]) if len(at_probe) else np.nan,
-            "ssim": r.metrics["ssim"], "ssim_matched": r.metrics["ssim_matched"], "n_recon": r.metrics["n_recon"],
-            "searched_lr": search.get("lr", np.nan), "seconds": r.run["seconds"],
-            **{k: v for k, v in r.metrics.items() if k.startswith("contribution_")},
-            **_over_seeds(cfg.reconstruct.repeats(r.name), by_name),
-        })
-    return pd.DataFrame(rows)
+    runs = {r.name: _numbers(cfg, r) for r in results}
+    return pd.DataFrame([{"run": name, **points[name], **runs[name],
+                          **_over_seeds(cfg.reconstruct.repeats(name), runs)}
+                         for name in runs if name in points])
 
 
-def _over_seeds(repeats: dict[int, str], by_name: dict) -> dict:
+def _numbers(cfg: ExperimentConfig, r) -> dict:
+    """One run's numbers for its point's row."""
+    probe_step = cfg.reconstruct.method(r.name).search.probe_steps
+    at_probe = r.loss.loc[r.loss["step"] == probe_step, "loss"]
+    search = r.run.get("search", {})
+    return {
+        "final_loss": r.run["final_loss"], "probe_loss": float(at_probe.iloc[0]) if len(at_probe) else np.nan,
+        "ssim": r.metrics["ssim"], "ssim_matched": r.metrics["ssim_matched"], "n_recon": r.metrics["n_recon"],
+        "searched_lr": search.get("lr", np.nan), "seconds": r.run["seconds"],
+        **{k: v for k, v in r.metrics.items() if k.startswith("contribution_")},
+    }
+
+
+def _over_seeds(repeats: dict[int, str], runs: dict) -> dict:
     """A point's SSIM over its attack seeds, where it is repeated over `reconstruct.seeds`."""
     if not repeats:
         return {}
-    ssim = [by_name[run].metrics["ssim"] for run in repeats.values()]
+    ssim = [runs[run]["ssim"] for run in repeats.values()]
     return {"n_seeds": len(ssim), "ssim_seed_mean": float(np.mean(ssim)), "ssim_seed_sd": float(np.std(ssim, ddof=1))}
 
 
-def sweep_metrics(cfg: ExperimentConfig, table: pd.DataFrame) -> dict:
+def seed_numbers(cfg: ExperimentConfig, results: list) -> dict[str, dict[str, dict]]:
+    """Each repeated point's numbers per attack seed, as `{point: {seed: numbers}}`."""
+    runs = {r.name: r for r in results}
+    return {name: {str(seed): _numbers(cfg, runs[run]) for seed, run in repeats.items()}
+            for name in cfg.reconstruct.sweep.points() if (repeats := cfg.reconstruct.repeats(name))}
+
+
+def sweep_metrics(cfg: ExperimentConfig, table: pd.DataFrame, seeds: dict[str, dict]) -> dict:
+    """The sweep's metrics; a repeated point carries its runs' numbers under `seeds`, which
+    simudy.catalogue reads as mean ± sd."""
     sweep = cfg.reconstruct.sweep
     out: dict = {"points": table.set_index("run").drop(columns=list(sweep.grid)).to_dict(orient="index")}
+    for name, per_seed in seeds.items():
+        out["points"][name]["seeds"] = per_seed
     if LR in sweep.grid and len(table) >= 3:
         out["spearman_final_loss_ssim"] = _spearman(table["final_loss"], table["ssim"])
         out["by_group"] = {label: _lr_group(rows) for label, rows in _groups(sweep, table)}
@@ -116,7 +128,7 @@ def write_sweep(cfg: ExperimentConfig, victim_dir, reconstruct_root, evaluate_ro
     table = sweep_table(cfg, results)
     with atomic_path(out_dir / "sweep.csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
-    metrics = sweep_metrics(cfg, table)
+    metrics = sweep_metrics(cfg, table, seed_numbers(cfg, results))
     write_json(metrics_out, metrics)
     title = f"{cfg.title} [{cfg.profile} profile]"
     if LR in cfg.reconstruct.sweep.grid:

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidato
 from pydantic_core import PydanticCustomError
 from torch import nn
 
+from simudy import text
 from simudy.checkpoints import State, check_compatible, load_into, load_weights, save_weights
 from simudy.config import ExperimentConfig
 from simudy.data import Dataset, load_dataset, save_dataset, select_subset
@@ -35,7 +36,6 @@ from simudy.errors import SimudyError, dotted, short
 from simudy.io import read_json, write_json
 from simudy.losses import LossKind
 from simudy.models import available, build_model, centre_on, flatten, options
-from simudy.text import is_text_dataset
 from simudy.train import finetune
 
 log = logging.getLogger(__name__)
@@ -362,9 +362,7 @@ class Victim:
 
 def make_victim(cfg: ExperimentConfig, dataset: str | Path, init_dir: str | Path, out_dir: str | Path) -> dict:
     """The `finetune-victim` stage: train θ0 on the victim subset and write the bundle."""
-    if is_text_dataset(dataset):
-        from simudy import text
-
+    if text.is_text_dataset(dataset):
         return text.make_victim(cfg, dataset, init_dir, out_dir)
     init_dir, out_dir = Path(init_dir), Path(out_dir)
     ds = load_dataset(dataset, split="train")

@@ -116,9 +116,8 @@ class SimuDy(IterativeAttack):
         self.kind = threat.inputs.configured(cfg)
         self.kind.bind(victim.model)
         self.victim, self.threat = victim, threat
-        self.theta0 = victim.theta0
-        self.target = parameter_change(victim, list(self.theta0))
-        self.terms = [(column, weight, *embedding_index(victim, list(self.theta0), attribute))
+        self.target = parameter_change(victim, list(victim.theta0))
+        self.terms = [(column, weight, *embedding_index(victim, list(victim.theta0), attribute))
                       for column, attribute in TERMS if (weight := getattr(cfg, f"{column}_weight"))]
         gen = torch.Generator().manual_seed(cfg.seed)
         n = max(1, round(cfg.dummies * self.n_images(threat)))
@@ -146,12 +145,12 @@ class SimuDy(IterativeAttack):
         """Each dummy's total-gradient norm over the simulated training (Sec. 4.5), at the final
         images and the plan of the last steps."""
         with matmul_precision(self.cfg.simulator):
-            return contributions(self.victim.model, self.theta0, self.kind.model_input(self.images()), self.labels,
-                                 self.plan(self.cfg.steps))
+            return contributions(self.victim.model, self.victim.theta0, self.kind.model_input(self.images()),
+                                 self.labels, self.plan(self.cfg.steps))
 
     def objective(self, x: torch.Tensor, plan: TrainingPlan) -> tuple[torch.Tensor, dict]:
-        sim = pick_simulator(self.cfg.simulator)(self.victim.model, self.theta0, self.kind.model_input(x), self.labels,
-                                                 plan)
+        sim = pick_simulator(self.cfg.simulator)(self.victim.model, self.victim.theta0, self.kind.model_input(x),
+                                                 self.labels, plan)
         change = flatten(sim.grad_sum)
         if self.cfg.loss == "cosine":
             distance = cosine_distance(change, self.target)
