@@ -15,7 +15,7 @@ from simudy.checkpoints import load_weights
 from simudy.config import load_experiment, load_registry, read_yaml
 from simudy.errors import SimudyError
 from simudy.report import make_report
-from simudy.sweep import seed_numbers, sweep_metrics, sweep_table
+from simudy.sweep import run_numbers, seed_numbers, sweep_metrics, sweep_table
 from tests.conftest import ROOT, run_cli
 
 REGISTRY = ROOT / "params/experiments.yaml"
@@ -99,7 +99,8 @@ def test_a_sweep_point_gives_its_numbers_over_the_seeds(tmp_path):
                                metrics={"ssim": value, "ssim_matched": value, "n_recon": 20})
                for run, value in ssim.items()]
     results[1].run["final_loss"] = 0.4
-    table = sweep_table(cfg, results).set_index("run")
+    runs = run_numbers(cfg, results)
+    table = sweep_table(cfg, runs).set_index("run")
     assert list(table.index) == ["simudy_losscosine", "simudy_losseuclidean"]  # one row per point
     assert table.loc["simudy_losscosine", "ssim"] == 0.5  # the run at its own seed
     assert table.loc["simudy_losscosine", ["ssim_seed_mean", "ssim_seed_sd", "n_seeds"]].tolist() == \
@@ -108,8 +109,35 @@ def test_a_sweep_point_gives_its_numbers_over_the_seeds(tmp_path):
 
     # The metrics keep every seed's numbers, so the catalogue gives any of them (here the final
     # loss, which the table has for seed 0 only) as mean ± sd.
-    metrics = sweep_metrics(cfg, table.reset_index(), seed_numbers(cfg, results))
+    metrics = sweep_metrics(cfg, table.reset_index(), seed_numbers(cfg, runs))
     assert metrics["points"]["simudy_losscosine"]["final_loss"] == 0.1
     assert metrics["points"]["simudy_losscosine"]["seeds"]["1"]["final_loss"] == 0.4
     value = catalogue.lookup(metrics, ("points", "simudy_losscosine", "final_loss"), tmp_path / "sweep.json")
     assert value.seeds == (0.1, 0.4, 0.1)
+
+
+def test_an_lr_sweep_gives_its_curves_numbers_over_the_seeds(tmp_path):
+    cfg = load_experiment("fig2_mlp", "cpu", REGISTRY)
+    lrs = cfg.reconstruct.sweep.grid["sim_lr"]
+    best = {0: 6, 1: 2, 2: 4}  # each seed's best lr, by its index in the grid
+
+    def result(i, seed):
+        point = list(cfg.reconstruct.sweep.points())[i]
+        name = point if seed == 0 else f"{point}_seed{seed}"
+        ssim = 0.9 - 0.1 * abs(i - best[seed])
+        return SimpleNamespace(name=name, loss=pd.DataFrame({"step": [1], "loss": [1.0]}),
+                               run={"final_loss": 1.0 - ssim, "seconds": 1.0},
+                               metrics={"ssim": ssim, "ssim_matched": ssim, "n_recon": 60})
+
+    runs = run_numbers(cfg, [result(i, seed) for seed in best for i in range(len(lrs))])
+    table = sweep_table(cfg, runs)
+    metrics = sweep_metrics(cfg, table, seed_numbers(cfg, runs))
+    assert metrics["by_group"]["all"]["best_lr"] == lrs[best[0]]  # the runs at their own seed
+    assert [metrics["seeds"][str(k)]["by_group"]["all"]["best_lr"] for k in best] == [lrs[i] for i in best.values()]
+    assert metrics["seeds"]["1"]["spearman_final_loss_ssim"] == pytest.approx(-1.0)
+
+    def read(*parts):
+        return catalogue.lookup(metrics, parts, tmp_path / "sweep.json").seeds
+
+    assert read("by_group", "all", "best_lr") == tuple(lrs[i] for i in best.values())
+    assert read("points", "simudy_sim_lr0p001", "ssim") == pytest.approx((0.3, 0.7, 0.5))  # a point's own seeds

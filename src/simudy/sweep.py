@@ -10,7 +10,8 @@ sweeps (a guessed batch size, a dummy-set size) plot the loss curves, the SSIM a
 contributions of matched and unmatched dummies side by side. Where the experiment repeats its
 runs over attack seeds (`reconstruct.seeds`), a point's row also has its SSIM's mean and sd over
 the seeds (error bars in the figure); every other number in the row is the run at its own seed,
-and the metrics hold every seed's numbers beside it.
+and the metrics hold every seed's numbers beside it, the lr curves' correlations and best lr
+included (each computed from one seed's runs).
 """
 
 from __future__ import annotations
@@ -35,10 +36,14 @@ from simudy.report import load_results  # noqa: E402
 LR = "sim_lr"
 
 
-def sweep_table(cfg: ExperimentConfig, results: list) -> pd.DataFrame:
-    """A row per grid point (`results`: report.MethodResult of each run)."""
+def run_numbers(cfg: ExperimentConfig, results: list) -> dict[str, dict]:
+    """Each run's numbers by run name (`results`: report.MethodResult of each run)."""
+    return {r.name: _numbers(cfg, r) for r in results}
+
+
+def sweep_table(cfg: ExperimentConfig, runs: dict[str, dict]) -> pd.DataFrame:
+    """A row per grid point (`runs`: run_numbers)."""
     points = cfg.reconstruct.sweep.points()
-    runs = {r.name: _numbers(cfg, r) for r in results}
     return pd.DataFrame([{"run": name, **points[name], **runs[name],
                           **_over_seeds(cfg.reconstruct.repeats(name), runs)}
                          for name in runs if name in points])
@@ -65,26 +70,43 @@ def _over_seeds(repeats: dict[int, str], runs: dict) -> dict:
     return {"n_seeds": len(ssim), "ssim_seed_mean": float(np.mean(ssim)), "ssim_seed_sd": float(np.std(ssim, ddof=1))}
 
 
-def seed_numbers(cfg: ExperimentConfig, results: list) -> dict[str, dict[str, dict]]:
-    """Each repeated point's numbers per attack seed, as `{point: {seed: numbers}}`."""
-    runs = {r.name: r for r in results}
-    return {name: {str(seed): _numbers(cfg, runs[run]) for seed, run in repeats.items()}
+def seed_numbers(cfg: ExperimentConfig, runs: dict[str, dict]) -> dict[str, dict[str, dict]]:
+    """Each repeated point's numbers per attack seed, as `{point: {seed: numbers}}` (`runs`:
+    run_numbers)."""
+    return {name: {str(seed): runs[run] for seed, run in repeats.items()}
             for name in cfg.reconstruct.sweep.points() if (repeats := cfg.reconstruct.repeats(name))}
 
 
 def sweep_metrics(cfg: ExperimentConfig, table: pd.DataFrame, seeds: dict[str, dict]) -> dict:
-    """The sweep's metrics; a repeated point carries its runs' numbers under `seeds`, which
-    simudy.catalogue reads as mean ± sd."""
+    """The sweep's metrics; a repeated point carries its runs' numbers under `seeds`. Where every
+    point is repeated, the lr curves' numbers are also given per seed, each from that seed's
+    runs alone, under the top-level `seeds`. simudy.catalogue reads either as mean ± sd."""
     sweep = cfg.reconstruct.sweep
     out: dict = {"points": table.set_index("run").drop(columns=list(sweep.grid)).to_dict(orient="index")}
     for name, per_seed in seeds.items():
         out["points"][name]["seeds"] = per_seed
-    if LR in sweep.grid and len(table) >= 3:
-        out["spearman_final_loss_ssim"] = _spearman(table["final_loss"], table["ssim"])
-        out["by_group"] = {label: _lr_group(rows) for label, rows in _groups(sweep, table)}
+    out |= _lr_curves(sweep, table)
+    if LR in sweep.grid and seeds.keys() == out["points"].keys():
+        out["seeds"] = {seed: _lr_curves(sweep, rows) for seed, rows in _seed_tables(sweep, table, seeds).items()}
     if cfg.evaluate.paper_values:
         out["paper"] = dict(cfg.evaluate.paper_values)
     return out
+
+
+def _lr_curves(sweep, table: pd.DataFrame) -> dict:
+    """Figs. 2 and 3's numbers: how well the loss ranks the lrs by SSIM, overall and per curve."""
+    if LR not in sweep.grid or len(table) < 3:
+        return {}
+    return {"spearman_final_loss_ssim": _spearman(table["final_loss"], table["ssim"]),
+            "by_group": {label: _lr_group(rows) for label, rows in _groups(sweep, table)}}
+
+
+def _seed_tables(sweep, table: pd.DataFrame, seeds: dict[str, dict]) -> dict[str, pd.DataFrame]:
+    """The table as each attack seed's runs give it: a row per point, its numbers at that seed."""
+    grid = table.set_index("run")[list(sweep.grid)]
+    first = next(iter(seeds.values()))
+    return {seed: pd.DataFrame([{"run": run, **grid.loc[run].to_dict(), **seeds[run][seed]} for run in grid.index])
+            for seed in first}
 
 
 def _groups(sweep, table: pd.DataFrame):
@@ -125,17 +147,17 @@ def write_sweep(cfg: ExperimentConfig, victim_dir, reconstruct_root, evaluate_ro
         raise SimudyError(f"experiment {cfg.name!r} at profile {cfg.profile!r} has no reconstruct.sweep")
     out_dir = Path(out_dir)
     _, results = load_results(cfg, victim_dir, reconstruct_root, evaluate_root)
-    table = sweep_table(cfg, results)
+    runs = run_numbers(cfg, results)
+    table = sweep_table(cfg, runs)
     with atomic_path(out_dir / "sweep.csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
-    metrics = sweep_metrics(cfg, table, seed_numbers(cfg, results))
+    metrics = sweep_metrics(cfg, table, seed_numbers(cfg, runs))
     write_json(metrics_out, metrics)
     title = f"{cfg.title} [{cfg.profile} profile]"
     if LR in cfg.reconstruct.sweep.grid:
         lr_figure(out_dir / "sweep.png", cfg.reconstruct.sweep, table, metrics, title)
     else:
-        runs = {r.name: r for r in results}
-        runs_figure(out_dir / "sweep.png", table, runs, title, cfg.evaluate.paper_values)
+        runs_figure(out_dir / "sweep.png", table, {r.name: r for r in results}, title, cfg.evaluate.paper_values)
     return metrics
 
 
