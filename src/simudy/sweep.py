@@ -164,7 +164,8 @@ def write_sweep(cfg: ExperimentConfig, victim_dir, reconstruct_root, evaluate_ro
 def lr_figure(path: Path, sweep, table: pd.DataFrame, metrics: dict, title: str) -> None:
     """Figs. 2 and 3: against the simulation lr, the final loss (top row) and the loss after the
     probe (bottom row), each in blue on its own scale, with the final SSIM in red; a column per
-    value of the other settings; the star is the probe's pick."""
+    value of the other settings; the star is the probe's pick; black bars, where the points are
+    repeated over attack seeds, the SSIM's mean ± sd over them."""
     groups = list(_groups(sweep, table))
     fig, axes = plt.subplots(2, len(groups), figsize=(max(6.0, 4.6 * len(groups)), 6.6), squeeze=False, sharex="col")
     for col, (label, rows) in enumerate(groups):
@@ -178,6 +179,9 @@ def lr_figure(path: Path, sweep, table: pd.DataFrame, metrics: dict, title: str)
             ax.set_ylabel(name, color="tab:blue")
             right = ax.twinx()
             right.plot(rows[LR], rows["ssim"], "o-", color="tab:red", label="final SSIM")
+            if "ssim_seed_mean" in rows:
+                right.errorbar(rows[LR], rows["ssim_seed_mean"], rows["ssim_seed_sd"], fmt="o", color="k", ms=3,
+                               capsize=3, label=f"mean ± sd over {int(rows['n_seeds'].max())} attack seeds")
             if stats["probe_pick_lr"] is not None:
                 right.plot([stats["probe_pick_lr"]], [stats["probe_pick_ssim"]], "*", color="k", ms=12,
                            label="the probe's pick")
@@ -190,10 +194,11 @@ def lr_figure(path: Path, sweep, table: pd.DataFrame, metrics: dict, title: str)
         bottom.xaxis.set_minor_formatter(NullFormatter())
         bottom.set_xlabel("simulation learning rate")
     # One legend for all panels, below them: the loss lines are the blue ones, named on each axis.
-    handles = [axes[0, 0].lines[0], axes[1, 0].lines[0], *fig.axes[-1].lines]
-    fig.legend(handles, [h.get_label() for h in handles], loc="lower center", ncol=len(handles), fontsize=8)
+    handles = [axes[0, 0].lines[0], axes[1, 0].lines[0], *fig.axes[-1].get_legend_handles_labels()[0]]
+    ncol = len(handles) if len(groups) > 1 or len(handles) <= 4 else 3  # one column of panels holds four
+    fig.legend(handles, [h.get_label() for h in handles], loc="lower center", ncol=ncol, fontsize=8)
     fig.suptitle(textwrap.fill(title, int(12 * fig.get_figwidth())), fontsize=9)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.tight_layout(rect=(0, 0.05 * -(-len(handles) // ncol), 1, 1))
     save_figure(fig, path)
 
 
